@@ -1,0 +1,1 @@
+"""CPU backend: ``@njit(parallel=True)`` kernels on (A, C, B) views."""

@@ -1,0 +1,139 @@
+"""The CPU backend: host arrays in, host arrays out.
+
+It turns validated NumPy arrays into the C-contiguous (A, C, B) views the
+kernels read, runs the kernels and does the per-channel float64 arithmetic in
+between.  Every function here assumes its inputs were checked by
+:mod:`numbabn._validate`.
+"""
+import numpy as np
+
+from .. import _channel_math as cm
+from .._validate import compute_dtype, stats_dtype
+from . import backward as _backward
+from . import moments as _moments
+from . import normalize as _normalize
+
+name = "cpu"
+
+
+def asarray(a):
+    """Host view of an array-like (no copy for NumPy arrays)."""
+    return np.asarray(a)
+
+
+def _as_float64(v):
+    return None if v is None else np.asarray(v, dtype=np.float64)
+
+
+def _view3(a, lay):
+    """C-contiguous (A, C, B) view in the compute dtype (copies only if needed)."""
+    a = np.ascontiguousarray(a, dtype=compute_dtype(a.dtype))
+    return a.reshape(lay.A, lay.C, lay.B)
+
+
+def _output3(out, lay, dtype, *inputs):
+    """Where a kernel writes: ``(buffer, direct)``.
+
+    ``out`` itself is used (``direct``) when it is C-contiguous in the compute
+    dtype and, for each input, is either that input's own buffer (an in-place
+    call, safe because every kernel reads an element before writing it) or
+    shares no memory with it.  Otherwise the kernel writes a fresh buffer.
+    """
+    if (
+        out is not None
+        and out.flags.c_contiguous
+        and out.dtype == dtype
+        and all(_same_buffer(out, a) or not np.may_share_memory(out, a) for a in inputs)
+    ):
+        return out.reshape(lay.A, lay.C, lay.B), True
+    return np.empty((lay.A, lay.C, lay.B), dtype=dtype), False
+
+
+def _same_buffer(a, b):
+    return (
+        a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+        and a.size == b.size
+    )
+
+
+def _finish(result3, direct, like, out):
+    """Return the result in ``like``'s dtype and shape, copied into ``out`` if needed."""
+    if out is None:
+        return result3.reshape(like.shape).astype(like.dtype, copy=False)
+    if not direct:
+        out[...] = result3.reshape(out.shape)
+    return out
+
+
+def welford(x, lay):
+    """Per-channel float64 ``(count, mean, m2)`` of ``x``."""
+    mean, m2 = _moments.moments(_view3(x, lay))
+    return lay.count, mean, m2
+
+
+def moments(x, lay, ddof):
+    count, mean, m2 = welford(x, lay)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = m2 / (count - ddof) if count > ddof else np.full_like(m2, np.nan)
+        if count == 0:
+            mean = np.full_like(mean, np.nan)
+    dtype = stats_dtype(x.dtype)
+    return mean.astype(dtype), var.astype(dtype)
+
+
+def normalize(x, lay, mean, invstd, weight, bias, out):
+    """``y = (x - mean) * invstd * weight + bias`` with given per-channel statistics."""
+    x3 = _view3(x, lay)
+    scale, shift = cm.affine_coefficients(
+        _as_float64(mean), _as_float64(invstd), _as_float64(weight), _as_float64(bias)
+    )
+    y3, direct = _output3(out, lay, x3.dtype, x3)
+    _normalize.normalize(x3, scale, shift, y3)
+    return _finish(y3, direct, x, out)
+
+
+def forward_train(x, lay, weight, bias, eps, out, running_mean, running_var, momentum):
+    x3 = _view3(x, lay)
+    mean, m2 = _moments.moments(x3)
+    invstd = cm.invstd_from_var(m2 / lay.count, eps)
+    scale, shift = cm.affine_coefficients(mean, invstd, _as_float64(weight), _as_float64(bias))
+    y3, direct = _output3(out, lay, x3.dtype, x3)
+    _normalize.normalize(x3, scale, shift, y3)
+    y = _finish(y3, direct, x, out)
+    if running_mean is not None:
+        cm.blend_running(running_mean, mean, momentum)
+        cm.blend_running(running_var, m2 / (lay.count - 1), momentum)
+    dtype = stats_dtype(x.dtype)
+    return y, mean.astype(dtype), invstd.astype(dtype)
+
+
+def forward_infer(x, lay, running_mean, running_var, weight, bias, eps, out):
+    invstd = cm.invstd_from_var(_as_float64(running_var), eps)
+    return normalize(x, lay, running_mean, invstd, weight, bias, out)
+
+
+def backward_reduce(dy, x, lay, mean):
+    """Per-channel float64 ``(sum(dy), sum(dy * (x - mean)))``."""
+    return _backward.backward_reduce(_view3(dy, lay), _view3(x, lay), _as_float64(mean))
+
+
+def backward_apply(dy, x, lay, mean, invstd, weight, sum_dy, sum_dy_xmu, count, training, out):
+    """dx from the reduced sums; ``count`` is the number of values per channel."""
+    dy3 = _view3(dy, lay)
+    x3 = _view3(x, lay)
+    k_dy, k_x, k_0 = cm.backward_coefficients(
+        _as_float64(invstd), _as_float64(weight), sum_dy, sum_dy_xmu, count, training
+    )
+    dx3, direct = _output3(out, lay, dy3.dtype, dy3, x3)
+    _backward.backward_apply(dy3, x3, _as_float64(mean), k_dy, k_x, k_0, dx3)
+    return _finish(dx3, direct, dy, out)
+
+
+def backward(dy, x, lay, mean, invstd, weight, training, out):
+    sum_dy, sum_dy_xmu = backward_reduce(dy, x, lay, mean)
+    dx = backward_apply(
+        dy, x, lay, mean, invstd, weight, sum_dy, sum_dy_xmu, lay.count, training, out
+    )
+    grad_dtype = np.dtype(weight.dtype) if weight is not None else stats_dtype(x.dtype)
+    dweight = (sum_dy_xmu * _as_float64(invstd)).astype(grad_dtype)
+    return dx, dweight, sum_dy.astype(grad_dtype)

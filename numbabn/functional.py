@@ -1,0 +1,189 @@
+r"""The functional API: batch normalization as plain functions of arrays.
+
+Every function validates all of its inputs before it touches any buffer, so a
+call that raises leaves ``running_mean``, ``running_var`` and ``out`` exactly
+as they were.  The channel axis is ``axis`` (1 for ``(N, C, ...)``, -1 for
+channels-last); every other axis is reduced over.
+"""
+from . import _validate as v
+from ._dispatch import select_backend
+
+
+def _float_input(backend, name, a):
+    try:
+        a = backend.asarray(a)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be an array of floats, got {type(a).__name__}") from err
+    v.float_dtype(name, a.dtype)
+    return a
+
+
+def _channel_inputs(backend, lay, **vectors):
+    """Convert and check per-channel vectors; returns them in the given order."""
+    result = []
+    for name, vec in vectors.items():
+        vec = None if vec is None else _float_input(backend, name, vec)
+        result.append(v.channel_vector(name, vec, lay.C))
+    return result
+
+
+def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
+               training=False, momentum=0.1, eps=1e-5, *, axis=1, out=None, device="auto"):
+    r"""Batch normalization with PyTorch's ``torch.nn.functional.batch_norm`` semantics.
+
+    .. math::
+
+        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \, \gamma + \beta
+
+    In training mode the mean and (biased) variance are those of the batch,
+    per channel; when running buffers are given they are updated in place,
+
+    .. math::
+
+        \hat\mu \leftarrow (1 - m)\,\hat\mu + m\,\mu_B, \qquad
+        \hat\sigma^2 \leftarrow (1 - m)\,\hat\sigma^2 + m\,\frac{M}{M-1}\sigma_B^2,
+
+    with the unbiased batch variance (M values per channel).  In inference
+    mode the running buffers are used as the statistics.
+
+    Parameters
+    ----------
+    x : array_like of float16, float32 or float64, rank >= 2
+    running_mean, running_var : ndarray of shape (C,), optional
+        Required when ``training`` is False.  Updated in place in training.
+    weight, bias : array_like of shape (C,), optional
+        :math:`\gamma` and :math:`\beta`; None means 1 and 0.
+    training : bool
+    momentum : float in [0, 1]
+        Weight of the new batch in the running averages (PyTorch's
+        convention; Keras's ``momentum=0.99`` is ``momentum=0.01`` here).
+    eps : float > 0
+    axis : int, keyword-only
+        The channel axis; negative values count from the end.
+    out : ndarray, keyword-only, optional
+        Written with the result and returned; same shape and dtype as ``x``.
+    device : {"auto", "cpu", "cuda"}, keyword-only
+
+    Returns
+    -------
+    y : ndarray
+        Same shape and dtype as ``x`` (float16 is computed in float32).
+
+    Shape
+    -----
+    ``x``: (A..., C, B...) with C on ``axis``; ``y``: the same.
+    """
+    backend = select_backend(device, x)
+    x = _float_input(backend, "x", x)
+    lay = v.layout(x.shape, axis)
+    running_mean, running_var, weight, bias = _channel_inputs(
+        backend, lay, running_mean=running_mean, running_var=running_var,
+        weight=weight, bias=bias,
+    )
+    eps = v.eps_value(eps)
+    out = v.out_array(out, x.shape, x.dtype)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together")
+    if training:
+        momentum = v.momentum_value(momentum)
+        v.training_count(lay, x.shape)
+        if running_mean is not None:
+            v.writeable("running_mean", running_mean)
+            v.writeable("running_var", running_var)
+        y, _, _ = backend.forward_train(
+            x, lay, weight, bias, eps, out, running_mean, running_var, momentum
+        )
+        return y
+    if running_mean is None:
+        raise ValueError(
+            "running_mean and running_var are required when training=False "
+            "(inference normalizes with the running statistics)"
+        )
+    return backend.forward_infer(x, lay, running_mean, running_var, weight, bias, eps, out)
+
+
+def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=1, out=None, device="auto"):
+    r"""Training-mode forward that also returns the statistics backward needs.
+
+    .. math::
+
+        \mu = \frac{1}{M}\sum x, \quad
+        \sigma^{-1} = \frac{1}{\sqrt{\frac{1}{M}\sum (x-\mu)^2 + \epsilon}}, \quad
+        y = (x - \mu)\,\sigma^{-1}\gamma + \beta
+
+    Returns
+    -------
+    y : ndarray, shape and dtype of ``x``
+    mean, invstd : ndarray of shape (C,)
+        float64 for float64 input, else float32.
+    """
+    backend = select_backend(device, x)
+    x = _float_input(backend, "x", x)
+    lay = v.layout(x.shape, axis)
+    weight, bias = _channel_inputs(backend, lay, weight=weight, bias=bias)
+    eps = v.eps_value(eps)
+    out = v.out_array(out, x.shape, x.dtype)
+    v.training_count(lay, x.shape)
+    return backend.forward_train(x, lay, weight, bias, eps, out, None, None, 0.0)
+
+
+def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, training=True,
+                        out=None, device="auto"):
+    r"""Gradients of batch normalization: ``(dx, dweight, dbias)``.
+
+    With :math:`\hat x = (x - \mu)\sigma^{-1}` and M values per channel,
+
+    .. math::
+
+        \frac{\partial L}{\partial\beta} = \sum dy, \qquad
+        \frac{\partial L}{\partial\gamma} = \sum dy\,\hat x, \qquad
+        dx = \gamma\sigma^{-1}\Big(dy - \frac{1}{M}\sum dy
+             - \hat x\,\frac{1}{M}\sum dy\,\hat x\Big).
+
+    With ``training=False`` the statistics are treated as constants (an
+    inference-mode forward), and :math:`dx = \gamma\sigma^{-1} dy`.
+
+    Parameters
+    ----------
+    dy, x : arrays of the same shape and dtype
+    mean, invstd : array_like of shape (C,)
+        As returned by :func:`batch_norm_forward` (or running statistics).
+    weight : array_like of shape (C,), optional
+
+    Returns
+    -------
+    dx : ndarray, shape and dtype of ``x``
+    dweight, dbias : ndarray of shape (C,)
+        In ``weight``'s dtype; without weight, float64 for float64 input, else float32.
+    """
+    backend = select_backend(device, x)
+    x = _float_input(backend, "x", x)
+    dy = _float_input(backend, "dy", dy)
+    lay = v.layout(x.shape, axis)
+    v.same_shape("dy", dy, x.shape)
+    if dy.dtype != x.dtype:
+        raise TypeError(f"dy and x must have the same dtype, got {dy.dtype} and {x.dtype}")
+    mean, invstd, weight = _channel_inputs(backend, lay, mean=mean, invstd=invstd, weight=weight)
+    if mean is None or invstd is None:
+        raise ValueError("mean and invstd are required")
+    out = v.out_array(out, x.shape, x.dtype)
+    return backend.backward(dy, x, lay, mean, invstd, weight, bool(training), out)
+
+
+def channel_moments(x, *, axis=1, ddof=0, device="auto"):
+    r"""Per-channel mean and variance, computed stably (Welford/Chan, never E[x²]−E[x]²).
+
+    .. math::
+
+        \mu_c = \frac{1}{M}\sum x, \qquad \mathrm{var}_c = \frac{1}{M - \mathrm{ddof}}\sum (x - \mu_c)^2
+
+    Returns
+    -------
+    mean, var : ndarray of shape (C,)
+        float64 for float64 input, else float32.  NaN where ``M - ddof <= 0``.
+    """
+    backend = select_backend(device, x)
+    x = _float_input(backend, "x", x)
+    lay = v.layout(x.shape, axis)
+    ddof = v.ddof_value(ddof)
+    return backend.moments(x, lay, ddof)
