@@ -82,19 +82,14 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
     )
     eps = v.eps_value(eps)
     out = v.out_array(out, x.shape, x.dtype)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together")
     if training:
-        momentum = v.momentum_value(momentum)
         v.training_count(lay, x.shape)
-        if running_mean is not None:
-            v.writeable("running_mean", running_mean)
-            v.writeable("running_var", running_var)
+        momentum = _check_running(running_mean, running_var, momentum)
         y, _, _ = backend.forward_train(
             x, lay, weight, bias, eps, out, running_mean, running_var, momentum
         )
         return y
-    if running_mean is None:
+    if running_mean is None or running_var is None:
         raise ValueError(
             "running_mean and running_var are required when training=False "
             "(inference normalizes with the running statistics)"
@@ -102,7 +97,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
     return backend.forward_infer(x, lay, running_mean, running_var, weight, bias, eps, out)
 
 
-def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=1, out=None, device="auto"):
+def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=1, out=None,
+                       running_mean=None, running_var=None, momentum=0.1, device="auto"):
     r"""Training-mode forward that also returns the statistics backward needs.
 
     .. math::
@@ -110,6 +106,10 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=1, out=None,
         \mu = \frac{1}{M}\sum x, \quad
         \sigma^{-1} = \frac{1}{\sqrt{\frac{1}{M}\sum (x-\mu)^2 + \epsilon}}, \quad
         y = (x - \mu)\,\sigma^{-1}\gamma + \beta
+
+    When ``running_mean`` and ``running_var`` are given they are updated in
+    place exactly as by :func:`batch_norm` in training mode (this is what a
+    layer needs: one call that normalizes, saves and tracks).
 
     Returns
     -------
@@ -120,11 +120,27 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=1, out=None,
     backend = select_backend(device, x)
     x = _float_input(backend, "x", x)
     lay = v.layout(x.shape, axis)
-    weight, bias = _channel_inputs(backend, lay, weight=weight, bias=bias)
+    weight, bias, running_mean, running_var = _channel_inputs(
+        backend, lay, weight=weight, bias=bias, running_mean=running_mean,
+        running_var=running_var,
+    )
     eps = v.eps_value(eps)
     out = v.out_array(out, x.shape, x.dtype)
     v.training_count(lay, x.shape)
-    return backend.forward_train(x, lay, weight, bias, eps, out, None, None, 0.0)
+    momentum = _check_running(running_mean, running_var, momentum)
+    return backend.forward_train(x, lay, weight, bias, eps, out, running_mean, running_var,
+                                 momentum)
+
+
+def _check_running(running_mean, running_var, momentum):
+    """Checks for running buffers that a training call will update; returns momentum."""
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together")
+    momentum = v.momentum_value(momentum)
+    if running_mean is not None:
+        v.writeable("running_mean", running_mean)
+        v.writeable("running_var", running_var)
+    return momentum
 
 
 def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, training=True,

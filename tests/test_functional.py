@@ -276,3 +276,17 @@ def test_matches_torch_when_installed(rng):
     ty = torch.nn.functional.batch_norm(torch.from_numpy(x), trm, trv, torch.from_numpy(w),
                                         torch.from_numpy(b))
     np.testing.assert_allclose(y, ty.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_forward_with_running_buffers_matches_batch_norm(rng):
+    x = data(rng, (6, 3, 4, 4), np.float32)
+    w, b = params(rng, 3)
+    rm1, rv1 = np.zeros(3, np.float32), np.ones(3, np.float32)
+    rm2, rv2 = rm1.copy(), rv1.copy()
+    y1 = nbn.batch_norm(x, rm1, rv1, w, b, training=True, momentum=0.25)
+    y2, mean, invstd = nbn.batch_norm_forward(x, w, b, running_mean=rm2, running_var=rv2,
+                                              momentum=0.25)
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(rm1, rm2)
+    np.testing.assert_array_equal(rv1, rv2)
+    assert not (rm2 == 0).all()

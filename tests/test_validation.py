@@ -163,3 +163,16 @@ class TestMomentsValidation:
     def test_forward_eps(self):
         with pytest.raises(ValueError, match="eps"):
             nbn.batch_norm_forward(np.ones((3, 2)), eps=0)
+
+
+def test_forward_running_buffers_checked_before_any_write(buffers):
+    rm = buffers["running_mean"]
+    rm_before = rm.copy()
+    out = buffers["out"]
+    with pytest.raises(ValueError, match="together"):
+        nbn.batch_norm_forward(buffers["x"], running_mean=rm, out=out)
+    with pytest.raises(ValueError, match="momentum"):
+        nbn.batch_norm_forward(buffers["x"], running_mean=rm, running_var=buffers["running_var"],
+                               momentum=2.0, out=out)
+    np.testing.assert_array_equal(rm, rm_before)
+    assert (out == 123.0).all()
