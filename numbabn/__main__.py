@@ -1,4 +1,4 @@
-"""Command line: ``python -m numbabn info | check``."""
+"""Command line: ``python -m numbabn info | check | bench``."""
 import argparse
 import sys
 
@@ -10,7 +10,17 @@ def build_parser():
     commands.add_parser(
         "check", help="run every available backend against a float64 reference; exit 1 on failure"
     )
+    bench = commands.add_parser(
+        "bench", help="time numbabn against NumPy and PyTorch on this machine (about a minute)"
+    )
+    _bench_arguments(bench)
     return parser
+
+
+def _bench_arguments(parser):
+    from . import _bench  # imports only NumPy; numba and torch load when it runs
+
+    _bench.build_parser(parser)
 
 
 def main(argv=None):
@@ -23,6 +33,10 @@ def main(argv=None):
         from . import _selfcheck
 
         return _selfcheck.main()
+    if args.command == "bench":
+        from . import _bench
+
+        return _bench.main(args)
     raise AssertionError(args.command)
 
 
