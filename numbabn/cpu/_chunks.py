@@ -36,6 +36,12 @@ SERIAL_MAX_ELEMENTS = 1 << 15
 PIECE_ELEMENTS = 16384
 
 
+#: Elements in one piece of work in the rows layout (256 KiB of float32, still
+#: in L2 for the second pass).  Larger than PIECE_ELEMENTS because every piece
+#: costs one Chan merge per column.
+ROW_PIECE_ELEMENTS = 65536
+
+
 @njit(cache=True)
 def plane_pieces(B):
     """Return ``(pieces_per_plane, piece_length)`` for planes of length B."""
@@ -86,7 +92,7 @@ def row_pieces(A, W):
     The rows layout (B < ROWS_MAX_B) is read as a 2-D array of A rows and
     W = C * B columns, so inner loops run along whole contiguous rows.
     """
-    rows = max(PIECE_ELEMENTS // max(W, 1), 1)
+    rows = max(ROW_PIECE_ELEMENTS // max(W, 1), 1)
     return rows, (A + rows - 1) // rows
 
 

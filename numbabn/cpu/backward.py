@@ -27,7 +27,7 @@ frozen statistics only :math:`k^{dy}` is non-zero.
 :func:`backward_reduce`, so the fused and the split paths agree bit for bit.
 """
 import numpy as np
-from numba import njit, prange, uint64
+from numba import float64, njit, prange, uint64
 
 from ._chunks import (
     CHANNEL_JOBS_MIN_C, ROWS_MAX_B, channel_pieces, job_index, lanes_for, piece_bounds,
@@ -112,12 +112,22 @@ def apply_channel(dy, x, c, mu, u, w, z, dx):
 
 @njit(cache=True)
 def rows_piece_sums(dy2, x2, a0, a1, mean, s, p):
-    """Column sums of ``dy`` and ``dy * (x - mean)`` over rows ``a0:a1`` (W-wide ``mean``)."""
+    """Column sums of ``dy`` and ``dy * (x - mean)`` over rows ``a0:a1`` (W-wide ``mean``).
+
+    Rows are taken two at a time, as in :func:`numbabn.cpu.moments.rows_piece_moments`.
+    """
     W = x2.shape[1]
     for j in range(W):
         s[j] = 0.0
         p[j] = 0.0
-    for a in range(a0, a1):
+    pair_end = a0 + (a1 - a0) // 2 * 2
+    for a in range(a0, pair_end, 2):
+        g0, g1, v0, v1 = dy2[a], dy2[a + 1], x2[a], x2[a + 1]
+        for j in range(W):
+            mu = mean[j]
+            s[j] += float64(g0[j]) + float64(g1[j])
+            p[j] += g0[j] * (v0[j] - mu) + g1[j] * (v1[j] - mu)
+    for a in range(pair_end, a1):
         g = dy2[a]
         v = x2[a]
         for j in range(W):
@@ -253,12 +263,12 @@ def _apply_rows_serial(dy2, x2, mean_w, k_dy, k_x, k_0, dx2):
 # --- reduce and apply in one call --------------------------------------------------------
 
 @njit(cache=True)
-def _backward_channel(dy, x, c, mean, invstd, weight, m, training, dx, sum_dy, sum_dy_xmu):
-    s, p = channel_planes_sums(dy, x, c, mean[c])
-    u, w, z = coefficients(invstd[c], weight[c], s, p, m, training)
-    apply_channel(dy, x, c, mean[c], u, w, z, dx)
-    sum_dy[c] = s
-    sum_dy_xmu[c] = p
+def _backward_channel(dy, x, c, mu, invstd, weight, m, training, dx):
+    """Reduce channel ``c``, then write its dx while it is in cache; returns ``(S, P)``."""
+    s, p = channel_planes_sums(dy, x, c, mu)
+    u, w, z = coefficients(invstd, weight, s, p, m, training)
+    apply_channel(dy, x, c, mu, u, w, z, dx)
+    return s, p
 
 
 @njit(parallel=True, cache=True)
@@ -267,7 +277,8 @@ def _backward_planes(dy, x, mean, invstd, weight, training, dx):
     sum_dy, sum_dy_xmu = np.empty(C), np.empty(C)
     m = float(max(A * B, 1))
     for c in prange(C):
-        _backward_channel(dy, x, c, mean, invstd, weight, m, training, dx, sum_dy, sum_dy_xmu)
+        sum_dy[c], sum_dy_xmu[c] = _backward_channel(
+            dy, x, c, mean[c], invstd[c], weight[c], m, training, dx)
     return sum_dy, sum_dy_xmu
 
 
@@ -277,7 +288,8 @@ def _backward_planes_serial(dy, x, mean, invstd, weight, training, dx):
     sum_dy, sum_dy_xmu = np.empty(C), np.empty(C)
     m = float(max(A * B, 1))
     for c in range(C):
-        _backward_channel(dy, x, c, mean, invstd, weight, m, training, dx, sum_dy, sum_dy_xmu)
+        sum_dy[c], sum_dy_xmu[c] = _backward_channel(
+            dy, x, c, mean[c], invstd[c], weight[c], m, training, dx)
     return sum_dy, sum_dy_xmu
 
 

@@ -42,13 +42,12 @@ def affine_from_moments(mu, m2, count, weight, bias, eps):
 
 
 @njit(cache=True)
-def _train_channel(x, c, count, weight, bias, eps, y, mean, m2, invstd):
+def _train_channel(x, c, count, weight, bias, eps, y):
+    """Reduce channel ``c``, then normalize it while it is in cache; returns ``(mean, m2, invstd)``."""
     mu, q = channel_planes_moments(x, c)
-    r, s, t = affine_from_moments(mu, q, count, weight[c], bias[c], eps)
+    r, s, t = affine_from_moments(mu, q, count, weight, bias, eps)
     normalize_channel(x, c, s, t, y)
-    mean[c] = mu
-    m2[c] = q
-    invstd[c] = r
+    return mu, q, r
 
 
 @njit(parallel=True, cache=True)
@@ -56,7 +55,7 @@ def _train_planes(x, weight, bias, eps, y):
     A, C, B = x.shape
     mean, m2, invstd = np.empty(C), np.empty(C), np.empty(C)
     for c in prange(C):
-        _train_channel(x, c, float(A * B), weight, bias, eps, y, mean, m2, invstd)
+        mean[c], m2[c], invstd[c] = _train_channel(x, c, float(A * B), weight[c], bias[c], eps, y)
     return mean, m2, invstd
 
 
@@ -65,7 +64,7 @@ def _train_planes_serial(x, weight, bias, eps, y):
     A, C, B = x.shape
     mean, m2, invstd = np.empty(C), np.empty(C), np.empty(C)
     for c in range(C):
-        _train_channel(x, c, float(A * B), weight, bias, eps, y, mean, m2, invstd)
+        mean[c], m2[c], invstd[c] = _train_channel(x, c, float(A * B), weight[c], bias[c], eps, y)
     return mean, m2, invstd
 
 
