@@ -196,7 +196,7 @@ def load_torch():
 
 # --- timing ------------------------------------------------------------------------------
 
-def best_times(functions, budget, rounds=3, min_calls=2):
+def best_times(functions, budget, rounds=5, min_calls=2):
     """Best wall time of each function over ``rounds`` rounds that take turns.
 
     Within a round a function runs as a block: one untimed call, then timed

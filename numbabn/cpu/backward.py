@@ -377,17 +377,11 @@ def backward_apply(dy3, x3, mean, k_dy, k_x, k_0, dx3):
         kernel(dy3, x3, mean, k_dy, k_x, k_0, dx3)
 
 
-def fused_available(x3):
-    """Whether :func:`backward` serves this (A, C, B) shape (else: reduce, then apply)."""
-    A, C, B = x3.shape
-    return A * B > 0
-
-
 def backward(dy3, x3, mean, invstd, weight, training, dx3):
     """Reduce and apply in one call; returns float64 ``(sum_dy, sum_dy_xmu)``.
 
     ``mean``, ``invstd`` and ``weight`` are float64 vectors (ones stand for a
-    missing weight).  Call only where :func:`fused_available` is true.
+    missing weight).  ``x3`` must not be empty.
     """
     B = x3.shape[2]
     one_thread = serial(x3.size)
