@@ -313,14 +313,11 @@ def _rows_coefficients(sum_dy, sum_dy_xmu, A, B, invstd, weight, training):
 @njit(parallel=True, cache=True)
 def _backward_rows(dy2, x2, B, mean, invstd, weight, training, dx2):
     A, W = x2.shape
+    sum_dy, sum_dy_xmu = _reduce_rows(dy2, x2, B, mean)
+    k_dy, k_x, k_0 = _rows_coefficients(sum_dy, sum_dy_xmu, A, B, invstd, weight, training)
+    # Same pieces and threads as the reduction (static schedule), often still in cache.
     rows, pieces = row_pieces(A, W)
     mean_w = np.repeat(mean, B)
-    part_s = np.empty((pieces, W))
-    part_p = np.empty((pieces, W))
-    for k in prange(pieces):
-        rows_piece_sums(dy2, x2, k * rows, min((k + 1) * rows, A), mean_w, part_s[k], part_p[k])
-    sum_dy, sum_dy_xmu = merge_row_sums(part_s, part_p, B)
-    k_dy, k_x, k_0 = _rows_coefficients(sum_dy, sum_dy_xmu, A, B, invstd, weight, training)
     for k in prange(pieces):
         apply_rows_piece(dy2, x2, k * rows, min((k + 1) * rows, A), mean_w, k_dy, k_x, k_0, dx2)
     return sum_dy, sum_dy_xmu
@@ -329,15 +326,9 @@ def _backward_rows(dy2, x2, B, mean, invstd, weight, training, dx2):
 @njit(cache=True)
 def _backward_rows_serial(dy2, x2, B, mean, invstd, weight, training, dx2):
     A, W = x2.shape
-    rows, pieces = row_pieces(A, W)
-    mean_w = np.repeat(mean, B)
-    part_s = np.empty((pieces, W))
-    part_p = np.empty((pieces, W))
-    for k in range(pieces):
-        rows_piece_sums(dy2, x2, k * rows, min((k + 1) * rows, A), mean_w, part_s[k], part_p[k])
-    sum_dy, sum_dy_xmu = merge_row_sums(part_s, part_p, B)
+    sum_dy, sum_dy_xmu = _reduce_rows_serial(dy2, x2, B, mean)
     k_dy, k_x, k_0 = _rows_coefficients(sum_dy, sum_dy_xmu, A, B, invstd, weight, training)
-    apply_rows_piece(dy2, x2, 0, A, mean_w, k_dy, k_x, k_0, dx2)
+    apply_rows_piece(dy2, x2, 0, A, np.repeat(mean, B), k_dy, k_x, k_0, dx2)
     return sum_dy, sum_dy_xmu
 
 

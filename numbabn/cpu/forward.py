@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._chunks import ROWS_MAX_B, row_pieces, serial
-from .moments import channel_planes_moments, merge_row_pieces, rows_piece_moments
+from .moments import _moments_rows, _moments_rows_serial, channel_planes_moments
 from .normalize import normalize_channel, normalize_rows_piece
 
 
@@ -69,9 +69,8 @@ def _train_planes_serial(x, weight, bias, eps, y):
 
 
 @njit(cache=True)
-def _rows_coefficients(part_mean, part_m2, rows, A, B, weight, bias, eps):
-    """Merged statistics and the per-column (W = C * B) scale and shift."""
-    mean, m2 = merge_row_pieces(part_mean, part_m2, rows, A, B)
+def _rows_coefficients(mean, m2, A, B, weight, bias, eps):
+    """``invstd`` per channel, and ``scale``/``shift`` per column (W = C * B) of the rows view."""
     C = mean.size
     invstd = np.empty(C)
     scale = np.empty(C * B)
@@ -82,19 +81,17 @@ def _rows_coefficients(part_mean, part_m2, rows, A, B, weight, bias, eps):
         for b in range(B):
             scale[c * B + b] = s
             shift[c * B + b] = t
-    return mean, m2, invstd, scale, shift
+    return invstd, scale, shift
 
 
 @njit(parallel=True, cache=True)
 def _train_rows(x2, B, weight, bias, eps, y2):
     A, W = x2.shape
+    mean, m2 = _moments_rows(x2, B)
+    invstd, scale, shift = _rows_coefficients(mean, m2, A, B, weight, bias, eps)
+    # Same pieces as the reduction, and the same piece to the same thread
+    # (static schedule): a piece is often still in that thread's cache.
     rows, pieces = row_pieces(A, W)
-    part_mean = np.empty((pieces, W))
-    part_m2 = np.empty((pieces, W))
-    for k in prange(pieces):
-        rows_piece_moments(x2, k * rows, min((k + 1) * rows, A), part_mean[k], part_m2[k])
-    mean, m2, invstd, scale, shift = _rows_coefficients(
-        part_mean, part_m2, rows, A, B, weight, bias, eps)
     for k in prange(pieces):
         normalize_rows_piece(x2, k * rows, min((k + 1) * rows, A), scale, shift, y2)
     return mean, m2, invstd
@@ -103,13 +100,8 @@ def _train_rows(x2, B, weight, bias, eps, y2):
 @njit(cache=True)
 def _train_rows_serial(x2, B, weight, bias, eps, y2):
     A, W = x2.shape
-    rows, pieces = row_pieces(A, W)
-    part_mean = np.empty((pieces, W))
-    part_m2 = np.empty((pieces, W))
-    for k in range(pieces):
-        rows_piece_moments(x2, k * rows, min((k + 1) * rows, A), part_mean[k], part_m2[k])
-    mean, m2, invstd, scale, shift = _rows_coefficients(
-        part_mean, part_m2, rows, A, B, weight, bias, eps)
+    mean, m2 = _moments_rows_serial(x2, B)
+    invstd, scale, shift = _rows_coefficients(mean, m2, A, B, weight, bias, eps)
     normalize_rows_piece(x2, 0, A, scale, shift, y2)
     return mean, m2, invstd
 
