@@ -196,29 +196,38 @@ def load_torch():
 
 # --- timing ------------------------------------------------------------------------------
 
-def best_times(functions, budget, rounds=5, min_calls=2):
-    """Best wall time of each function over ``rounds`` rounds that take turns.
+def best_times(functions, budget, min_rounds=5, max_rounds=40):
+    """Best wall time of each function, over rounds in which the functions take turns.
 
-    Within a round a function runs as a block: one untimed call, then timed
-    calls for ``budget / rounds`` seconds.  Blocks (rather than alternating
-    single calls) keep one library's idle OpenMP threads, which spin for a
-    while after each parallel region, from stealing the cores of the next
-    library's call; a short pause between blocks lets them go to sleep.
+    Within a round a function runs as a block: one untimed call (after the
+    first round only for calls under 10 ms), then timed calls for
+    ``budget / 10`` seconds (at least one).  Blocks, rather
+    than alternating single calls, keep one library's idle OpenMP threads
+    (they spin for a while after each parallel region) from stealing the
+    cores of the next library's call, and a short pause between blocks lets
+    them go to sleep.  Rounds go on until every function has had ``budget``
+    seconds or ``max_rounds`` rounds, so a burst of load from another process
+    rarely spoils every round of a fast function.
     """
     best = {name: math.inf for name in functions}
-    for _ in range(rounds):
+    spent = {name: 0.0 for name in functions}
+    for round_ in range(max_rounds):
+        if round_ >= min_rounds and all(t >= budget for t in spent.values()):
+            break
         for name, f in functions.items():
-            time.sleep(0.003)
-            f()
-            spent = 0.0
+            time.sleep(0.002)
+            if round_ == 0 or best[name] < 0.01:
+                f()
             calls = 0
-            while calls < min_calls or spent < budget / rounds:
+            block = 0.0
+            while calls < 1 or block < budget / 10:
                 t0 = time.perf_counter()
                 f()
                 dt = time.perf_counter() - t0
-                spent += dt
+                block += dt
                 calls += 1
                 best[name] = min(best[name], dt)
+            spent[name] += block
     return best
 
 
