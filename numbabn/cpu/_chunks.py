@@ -2,6 +2,10 @@
 
 The cut depends only on the shape, never on the thread count, so results are
 bit-identical whatever ``numba.set_num_threads`` says.
+
+Most kernels come as a parallel (``prange``) and a serial twin: Numba compiles
+``parallel=True`` per function, and one cached function cannot be both.  The
+twins share their per-piece helpers and differ only in the loop header.
 """
 import numba
 from numba import njit
@@ -11,8 +15,8 @@ from numba import njit
 #: accumulators, so the inner loop runs along the contiguous channel axis.
 ROWS_MAX_B = 16
 
-#: Independent float64 accumulators in a plane reduction: four AVX-512
-#: vectors, enough to hide the add latency, and summed in a fixed order.
+#: Independent float64 accumulators in a plane reduction (eight 256-bit
+#: vectors), enough to hide the add latency; summed in a fixed order.
 #: Planes shorter than ``4 * LANES`` use ``SHORT_LANES``.
 LANES = 32
 SHORT_LANES = 8
@@ -34,7 +38,6 @@ SERIAL_MAX_ELEMENTS = 1 << 15
 #: the L2 cache (64 KiB of float32).  In the planes layout a piece is a group
 #: of whole planes of one channel, or a segment of one plane longer than this.
 PIECE_ELEMENTS = 16384
-
 
 #: Elements in one piece of work in the rows layout (256 KiB of float32, still
 #: in L2 for the second pass).  Larger than PIECE_ELEMENTS because every piece
