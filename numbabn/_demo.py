@@ -24,7 +24,8 @@ class Linear:
     """``y = x W + b`` with He-initialised ``W``."""
 
     def __init__(self, n_in, n_out, rng):
-        self.weight = (rng.standard_normal((n_in, n_out)) * math.sqrt(2.0 / n_in)).astype(np.float32)
+        scale = math.sqrt(2.0 / n_in)
+        self.weight = (rng.standard_normal((n_in, n_out)) * scale).astype(np.float32)
         self.bias = np.zeros(n_out, np.float32)
 
     def __call__(self, x):

@@ -135,7 +135,9 @@ def test_defaults_and_modes():
         np.testing.assert_array_equal(arr, value)
     assert bn.eval() is bn and not bn.training
     assert bn.train() is bn and bn.training
-    assert repr(bn) == "BatchNorm2d(3, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)"
+    assert repr(bn) == (
+        "BatchNorm2d(3, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)"
+    )
 
 
 def test_resets(rng):
