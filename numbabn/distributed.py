@@ -95,6 +95,7 @@ def sync_batch_norm_forward(x, weight=None, bias=None, *, comm, eps=1e-5, axis=1
     RankInputError
         On the other ranks, when some rank rejected its arguments.
     """
+    _check_comm(comm)
     backend = select_backend(device, x)
     x = _float_input(backend, "x", x)
     lay = v.layout(x.shape, axis)
@@ -123,6 +124,15 @@ def sync_batch_norm_forward(x, weight=None, bias=None, *, comm, eps=1e-5, axis=1
         cm.blend_running(running_var, m2 / (count - 1), momentum)
     dtype = v.stats_dtype(x.dtype)
     return y, mean.astype(dtype), invstd.astype(dtype)
+
+
+def _check_comm(comm):
+    """Raise ``TypeError`` unless ``comm`` looks like an mpi4py intra-communicator."""
+    needed = ("Allgather", "Allreduce", "Get_rank", "Get_size")
+    if not all(hasattr(comm, name) for name in needed):
+        raise TypeError(
+            f"comm must be an mpi4py communicator (for example MPI.COMM_WORLD), got {comm!r}"
+        )
 
 
 def _allgather_moments(comm, channels, local):
@@ -197,6 +207,7 @@ def sync_batch_norm_backward(dy, x, mean, invstd, weight=None, *, comm, axis=1, 
     dweight, dbias : ndarray of shape (C,)
         In ``weight``'s dtype; without weight, float64 for float64 input, else float32.
     """
+    _check_comm(comm)
     backend = select_backend(device, x)
     x = _float_input(backend, "x", x)
     lay = v.layout(x.shape, axis)

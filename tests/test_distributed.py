@@ -57,6 +57,85 @@ def test_a_rejected_rank_stops_the_merge():
         merge_in_rank_order(gathered)
 
 
+@pytest.fixture(scope="module")
+def comm_self():
+    mpi = pytest.importorskip("mpi4py.MPI", reason="mpi4py is not installed: pip install -e '.[mpi]'")
+    return mpi.COMM_SELF
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_one_rank_is_bit_identical_to_single_process(rng, comm_self, dtype):
+    x = rng.standard_normal((6, 3, 17)).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    w, b = rng.standard_normal(3), rng.standard_normal(3)
+    rm, rv, rm1, rv1 = np.zeros(3), np.ones(3), np.zeros(3), np.ones(3)
+    got = nbn.sync_batch_norm_forward(x, w, b, comm=comm_self, running_mean=rm, running_var=rv)
+    want = nbn.batch_norm_forward(x, w, b, running_mean=rm1, running_var=rv1)
+    grads = nbn.sync_batch_norm_backward(dy, x, got[1], got[2], w, comm=comm_self)
+    want_grads = nbn.batch_norm_backward(dy, x, want[1], want[2], w)
+    for a, b_ in zip((*got, rm, rv, *grads), (*want, rm1, rv1, *want_grads)):
+        assert a.dtype == b_.dtype
+        np.testing.assert_array_equal(a, b_)
+
+
+BAD_FORWARD_ARGUMENTS = [
+    (dict(weight=np.ones(4)), ValueError),
+    (dict(bias=np.ones((3, 1))), ValueError),
+    (dict(weight=np.ones(3, dtype=int)), TypeError),
+    (dict(eps=0.0), ValueError),
+    (dict(momentum=1.5), ValueError),
+    (dict(out=np.empty((5, 3, 2))), ValueError),
+    (dict(running_var=None), ValueError),
+]
+
+
+@pytest.mark.parametrize("kwargs, error", BAD_FORWARD_ARGUMENTS)
+def test_forward_rejects_bad_arguments_before_writing(comm_self, kwargs, error):
+    x = np.arange(24.0).reshape(4, 3, 2)
+    args = dict(running_mean=np.zeros(3), running_var=np.ones(3)) | kwargs
+    before = {k: None if a is None else a.copy() for k, a in args.items()
+              if k.startswith("running")}
+    with pytest.raises(error) as caught:
+        nbn.sync_batch_norm_forward(x, comm=comm_self, **args)
+    assert type(caught.value) is not nbn.RankInputError  # its own error, not a peer's
+    for key, value in before.items():
+        if value is not None:
+            np.testing.assert_array_equal(args[key], value)
+
+
+@pytest.mark.parametrize("x, error", [(np.arange(6.0), ValueError),
+                                      (np.ones((3, 2), dtype=int), TypeError)])
+def test_forward_rejects_bad_x(comm_self, x, error):
+    with pytest.raises(error):
+        nbn.sync_batch_norm_forward(x, comm=comm_self)
+
+
+def test_one_value_per_channel_is_the_single_process_error(comm_self):
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when "
+                                         "training.*global batch over 1 processes has 1"):
+        nbn.sync_batch_norm_forward(np.ones((1, 3)), comm=comm_self)
+
+
+def test_backward_rejects_bad_arguments(comm_self):
+    x = np.arange(24.0).reshape(4, 3, 2)
+    mean, invstd = np.zeros(3), np.ones(3)
+    with pytest.raises(ValueError, match="dy must have shape"):
+        nbn.sync_batch_norm_backward(x[:2], x, mean, invstd, comm=comm_self)
+    with pytest.raises(TypeError, match="same dtype"):
+        nbn.sync_batch_norm_backward(x.astype(np.float32), x, mean, invstd, comm=comm_self)
+    with pytest.raises(ValueError, match="mean and invstd are required"):
+        nbn.sync_batch_norm_backward(x, x, None, invstd, comm=comm_self)
+
+
+@pytest.mark.parametrize("comm", [None, object()])
+def test_a_non_communicator_is_a_type_error(comm):
+    x = np.ones((4, 3))
+    with pytest.raises(TypeError, match="mpi4py communicator"):
+        nbn.sync_batch_norm_forward(x, comm=comm)
+    with pytest.raises(TypeError, match="mpi4py communicator"):
+        nbn.sync_batch_norm_backward(x, x, np.zeros(3), np.ones(3), comm=comm)
+
+
 def test_import_does_not_import_mpi4py():
     code = "import numbabn, sys; print('mpi4py' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
