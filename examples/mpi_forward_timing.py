@@ -4,11 +4,11 @@
 
 Every rank normalizes its own (N, C, H, W) float32 batch (default
 (64, 256, 14, 14)), so the work per process is fixed and the ideal is a time
-that does not grow with P.  Rank 0 prints, as medians over the repetitions
-(each started after a barrier, the slowest rank's time counted): the
-synchronized forward, the single-process forward on the same slice (no
-communication), the statistics exchange alone (one Allgather of 3 C float64),
-and the bytes each rank sends and receives per training step.
+that does not grow with P.  Rank 0 prints medians over the repetitions (the
+three runs alternate, each starts after a barrier, the slowest rank counts) of
+the synchronized forward, the single-process forward on the same slice (no
+communication) and the statistics exchange alone (one Allgather of 3 C
+float64), then the bytes each rank sends and receives per training step.
 """
 import sys
 import time
@@ -24,15 +24,20 @@ RANK, SIZE = COMM.Get_rank(), COMM.Get_size()
 REPEATS = 30
 
 
-def slowest_median(run):
-    """Median over REPEATS of the slowest rank's wall time of ``run()``."""
-    times = []
+def slowest_medians(*runs):
+    """Median over REPEATS of the slowest rank's wall time of each run.
+
+    The runs alternate within each repetition, so a load change on a shared
+    machine hits all of them alike.
+    """
+    times = [[] for _ in runs]
     for _ in range(REPEATS):
-        COMM.Barrier()
-        start = time.perf_counter()
-        run()
-        times.append(COMM.allreduce(time.perf_counter() - start, op=MPI.MAX))
-    return float(np.median(times))
+        for run, samples in zip(runs, times):
+            COMM.Barrier()
+            start = time.perf_counter()
+            run()
+            samples.append(COMM.allreduce(time.perf_counter() - start, op=MPI.MAX))
+    return [float(np.median(samples)) for samples in times]
 
 
 def main():
@@ -54,7 +59,7 @@ def main():
 
     for run in (sync, local, exchange):  # compile / load the kernels, warm the buffers
         run()
-    t_sync, t_local, t_exchange = (slowest_median(r) for r in (sync, local, exchange))
+    t_sync, t_local, t_exchange = slowest_medians(sync, local, exchange)
     if RANK == 0:
         forward_bytes = 3 * c * 8
         backward_bytes = (2 * c + 2) * 8
