@@ -5,7 +5,12 @@ cached on disk.
 """
 from ._dispatch import CudaUnavailableError, cuda_available
 from ._state_io import load, save
-from .distributed import RankInputError, sync_batch_norm_backward, sync_batch_norm_forward
+from .distributed import (
+    RankInputError,
+    SyncBatchNorm,
+    sync_batch_norm_backward,
+    sync_batch_norm_forward,
+)
 from .functional import batch_norm, batch_norm_backward, batch_norm_forward, channel_moments
 from .layers import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 
@@ -18,6 +23,7 @@ __all__ = [
     "BatchNorm3d",
     "CudaUnavailableError",
     "RankInputError",
+    "SyncBatchNorm",
     "batch_norm",
     "batch_norm_backward",
     "batch_norm_forward",

@@ -35,8 +35,10 @@ the message size is unknown; such errors are the same on every rank of an SPMD
 program.  Run scripts with ``mpiexec -n P python -m mpi4py script.py`` so that
 any uncaught exception aborts the whole job instead of leaving ranks waiting.
 
-mpi4py is imported only by :class:`numbabn.SyncBatchNorm` when it needs
-``COMM_WORLD``; these functions use only the methods of the ``comm`` object.
+:class:`SyncBatchNorm` is the layer: a :class:`numbabn.BatchNorm` whose
+training statistics go through these functions.  mpi4py is imported only when
+a layer is built without ``comm`` (it then takes ``COMM_WORLD``); the
+functions use only the methods of the ``comm`` object they are given.
 """
 import numpy as np
 
@@ -44,6 +46,7 @@ from . import _channel_math as cm
 from . import _validate as v
 from ._dispatch import select_backend
 from .functional import _channel_inputs, _check_running, _float_input
+from .layers import BatchNorm
 
 #: The count a rank sends in place of its statistics when it rejected its input.
 _REJECTED = -1.0
@@ -254,3 +257,99 @@ def _allreduce_sums(comm, channels, local):
             "so this synchronized batch norm backward was abandoned on every rank"
         )
     return total[:channels], total[channels:2 * channels], int(total[-2])
+
+
+class SyncBatchNorm(BatchNorm):
+    r""":class:`numbabn.BatchNorm` with the training statistics of the global batch over MPI.
+
+    Each rank calls the layer on its own slice of the batch; in training mode
+    the mean and variance are those of all the slices together
+    (:func:`sync_batch_norm_forward`), and :meth:`backward` reduces its sums
+    over the ranks too (:func:`sync_batch_norm_backward`).  Everything else
+    (parameters, running statistics with their update rule, eval mode,
+    ``state_dict``) is :class:`numbabn.BatchNorm`'s, and the running
+    statistics stay bit-identical on every rank.
+
+    As in PyTorch's ``SyncBatchNorm``, ``grad_weight`` and ``grad_bias`` are
+    this rank's contributions (sum them over the ranks with the other
+    gradients), and only training mode synchronizes: with
+    ``track_running_stats=False`` an eval-mode call normalizes with its own
+    slice's statistics, so ranks may evaluate independently.
+
+    Parameters
+    ----------
+    num_features, eps, momentum, affine, track_running_stats, axis, dtype
+        As in :class:`numbabn.BatchNorm`.
+    comm : mpi4py.MPI.Intracomm, keyword-only, optional
+        The ranks that share the batch; None means ``MPI.COMM_WORLD``.  In
+        training mode every rank of ``comm`` must call forward (and backward)
+        together.  The layer's own input checks (rank, channel count) run
+        before the exchange, so they must fail on every rank alike, as they
+        do in a program that runs the same model everywhere.
+
+    Shape
+    -----
+    Input: (A..., C, B...) with C on ``axis``, any number of rows per rank
+    (none included); output: the same.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, *, axis=1, comm=None, dtype=np.float32):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, axis=axis,
+                         dtype=dtype)
+        self.comm = _communicator(comm)
+        self._synchronized = False
+
+    @classmethod
+    def convert(cls, layer, comm=None):
+        """A :class:`SyncBatchNorm` that takes over ``layer``'s configuration and state.
+
+        The new layer shares ``layer``'s parameter and running-statistics
+        arrays (no copy, as PyTorch's ``convert_sync_batchnorm``) and its mode.
+        Input-rank checks of ``BatchNorm1d/2d/3d`` are not kept: any rank >= 2
+        is accepted.
+
+        Raises
+        ------
+        TypeError
+            When ``layer`` is not a :class:`numbabn.BatchNorm`.
+        """
+        if not isinstance(layer, BatchNorm):
+            raise TypeError(f"layer must be a numbabn.BatchNorm, got {type(layer).__name__}")
+        comm = _communicator(comm)
+        converted = cls.__new__(cls)
+        converted.__dict__.update(vars(layer))
+        converted.comm = comm
+        converted._saved = None  # a forward of the old layer is not one of this layer
+        converted._synchronized = False
+        return converted
+
+    def _batch_forward(self, x, running_mean, running_var, momentum):
+        self._synchronized = self.training
+        if not self._synchronized:
+            return super()._batch_forward(x, running_mean, running_var, momentum)
+        return sync_batch_norm_forward(
+            x, self.weight, self.bias, comm=self.comm, eps=self.eps, axis=self.axis,
+            running_mean=running_mean, running_var=running_var, momentum=momentum,
+        )
+
+    def _batch_backward(self, dy, x, mean, invstd):
+        if not self._synchronized:
+            return super()._batch_backward(dy, x, mean, invstd)
+        return sync_batch_norm_backward(dy, x, mean, invstd, self.weight, comm=self.comm,
+                                        axis=self.axis)
+
+
+def _communicator(comm):
+    """``comm``, checked, or ``MPI.COMM_WORLD`` for None (importing mpi4py only then)."""
+    if comm is None:
+        try:
+            from mpi4py import MPI
+        except ImportError as err:
+            raise ImportError(
+                "SyncBatchNorm needs mpi4py for its default communicator: "
+                "pip install 'numbabn[mpi]', or pass comm="
+            ) from err
+        return MPI.COMM_WORLD
+    _check_comm(comm)
+    return comm

@@ -132,11 +132,50 @@ def check_bad_input_on_one_rank_raises_everywhere():
         nbn.sync_batch_norm_backward(dy, x, mean, invstd, comm=COMM)
 
 
+def check_layer_matches_single_process_batch_norm(empty_rank):
+    """SyncBatchNorm (one converted from BatchNorm2d) vs BatchNorm on the global batch."""
+    rng = np.random.default_rng(11)
+    shape, c = (10, 4, 3, 5), 4
+    single = nbn.BatchNorm2d(c, momentum=None, dtype=np.float64)
+    layers = [nbn.SyncBatchNorm(c, momentum=None, comm=COMM, dtype=np.float64),
+              nbn.SyncBatchNorm.convert(nbn.BatchNorm2d(c, momentum=None, dtype=np.float64),
+                                        COMM)]
+    rows = my_rows(row_splits(shape[0], empty_rank))
+    results = []
+    for step in range(2):
+        x = 1.0 + rng.standard_normal(shape)
+        dy = rng.standard_normal(shape)
+        want_y, want_dx = single(x), single.backward(dy)
+        for layer in layers:
+            got_y, got_dx = layer(x[rows]), layer.backward(dy[rows])
+            results.append((f"step {step} y", got_y, want_y[rows]))
+            results.append((f"step {step} dx", got_dx, want_dx[rows]))
+            results.append((f"step {step} grad_weight summed over ranks",
+                            COMM.allreduce(layer.grad_weight), single.grad_weight))
+            results.append((f"step {step} grad_bias summed over ranks",
+                            COMM.allreduce(layer.grad_bias), single.grad_bias))
+    x = rng.standard_normal(shape)
+    for layer in layers:
+        results.append(("eval y", layer.eval()(x[rows]), single.eval()(x)[rows]))
+    states = [layer.state_dict() for layer in layers]
+    differ = [key for state in states for key, value in state.items()
+              if not same_bytes_on_all_ranks(value)]
+    assert not differ, f"state_dict not bit-identical on every rank: {differ}"
+    for state in states:
+        assert state["num_batches_tracked"] == 2
+        for key, value in single.state_dict().items():
+            results.append((f"state {key}", state[key], value))
+    for what, got, want in results:
+        close(what, got, want, TOL[np.dtype(np.float64)])
+
+
 CHECKS = [
     *[(f"forward/backward {shape} axis={axis} {np.dtype(dt).name} empty rank {e}",
        check_forward_backward, (shape, axis, dt, e))
       for shape, axis in CASES for dt in (np.float64, np.float32)
       for e in ((SIZE - 1, -1) if SIZE > 1 else (-1,))],
+    *[(f"SyncBatchNorm layer, empty rank {e}", check_layer_matches_single_process_batch_norm,
+       (e,)) for e in ((SIZE - 1, -1) if SIZE > 1 else (-1,))],
     ("one value per channel raises on every rank", check_one_value_raises_everywhere, ()),
     ("bad input on rank 0 raises on every rank", check_bad_input_on_one_rank_raises_everywhere,
      ()),

@@ -191,3 +191,73 @@ def test_mpiexec_ranks_match_single_process(mpiexec, ranks):
                         f"waits in a collective?)\n{output}")
     assert proc.returncode == 0, output
     assert f"on {ranks} ranks" in output and "MPI CHECKS PASSED" in output, output
+
+
+# ---------------------------------------------------------------- SyncBatchNorm in one process
+
+
+class UnusableComm:
+    """Looks like a communicator; any collective is a test failure."""
+
+    def Get_rank(self):
+        return 0
+
+    def Get_size(self):
+        return 1
+
+    def Allgather(self, *args):
+        raise AssertionError("the layer communicated")
+
+    Allreduce = Allgather
+
+
+def test_layer_on_one_rank_is_bit_identical_to_batch_norm(rng, comm_self):
+    sync = nbn.SyncBatchNorm(3, comm=comm_self, dtype=np.float64)
+    plain = nbn.BatchNorm(3, dtype=np.float64)
+    for _ in range(2):
+        x, dy = rng.standard_normal((2, 3, 5, 4)), rng.standard_normal((2, 3, 5, 4))
+        np.testing.assert_array_equal(sync(x), plain(x))
+        np.testing.assert_array_equal(sync.backward(dy), plain.backward(dy))
+        np.testing.assert_array_equal(sync.grad_weight, plain.grad_weight)
+    for key, value in plain.state_dict().items():
+        np.testing.assert_array_equal(sync.state_dict()[key], value)
+    assert repr(sync).startswith("SyncBatchNorm(3, eps=1e-05")
+
+
+def test_layer_defaults_to_comm_world(comm_self):
+    from mpi4py import MPI
+
+    assert nbn.SyncBatchNorm(2).comm is MPI.COMM_WORLD
+
+
+def test_layer_rejects_a_non_communicator():
+    with pytest.raises(TypeError, match="mpi4py communicator"):
+        nbn.SyncBatchNorm(2, comm=object())
+
+
+def test_convert_shares_state_and_keeps_the_mode(rng):
+    layer = nbn.BatchNorm2d(3, momentum=0.2, affine=True)
+    layer(rng.standard_normal((4, 3, 2, 2)).astype(np.float32))
+    layer.eval()
+    comm = UnusableComm()
+    sync = nbn.SyncBatchNorm.convert(layer, comm)
+    assert type(sync) is nbn.SyncBatchNorm and sync.comm is comm
+    assert sync.running_mean is layer.running_mean and sync.weight is layer.weight
+    assert not sync.training and sync.momentum == 0.2 and sync.num_batches_tracked == 1
+    x = rng.standard_normal((4, 3, 2, 2)).astype(np.float32)
+    np.testing.assert_array_equal(sync(x), layer(x))  # eval: running statistics, no collective
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        nbn.SyncBatchNorm.convert(layer, comm).backward(x)
+    with pytest.raises(TypeError, match="numbabn.BatchNorm"):
+        nbn.SyncBatchNorm.convert(object(), comm)
+
+
+def test_eval_without_running_stats_uses_the_local_batch(rng):
+    sync = nbn.SyncBatchNorm(3, track_running_stats=False, comm=UnusableComm()).eval()
+    plain = nbn.BatchNorm(3, track_running_stats=False).eval()
+    x, dy = rng.standard_normal((5, 3)).astype(np.float32), np.ones((5, 3), np.float32)
+    np.testing.assert_array_equal(sync(x), plain(x))
+    np.testing.assert_array_equal(sync.backward(dy), plain.backward(dy))
+    sync.train()
+    with pytest.raises(AssertionError, match="the layer communicated"):
+        sync(x)
