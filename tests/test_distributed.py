@@ -2,7 +2,8 @@
 
 The MPI tests start ``mpiexec -n 2`` and ``-n 3`` on tests/mpi_checks.py, which
 holds the checks (several per launch, so process start-up and kernel loading
-are paid twice in all).  They skip only when mpi4py cannot be imported.
+are paid only per launch), and ``-n 2`` on the example.  They skip only when
+mpi4py cannot be imported.
 """
 import os
 import shutil
@@ -21,7 +22,10 @@ from numbabn.cpu import backend
 from numbabn.distributed import merge_in_rank_order
 
 TESTS = Path(__file__).parent
-MPI_TIMEOUT_S = 240
+NO_MPI4PY = "mpi4py is not installed (pip install -e '.[mpi]'): MPI tests skipped"
+#: Far above the few seconds a run takes (kernels come from the warm cache), far below
+#: CI's budget if a rank hangs.
+MPI_TIMEOUT_S = 120
 
 
 def gathered_moments(parts):
@@ -59,7 +63,7 @@ def test_a_rejected_rank_stops_the_merge():
 
 @pytest.fixture(scope="module")
 def comm_self():
-    mpi = pytest.importorskip("mpi4py.MPI", reason="mpi4py is not installed: pip install -e '.[mpi]'")
+    mpi = pytest.importorskip("mpi4py.MPI", reason=NO_MPI4PY)
     return mpi.COMM_SELF
 
 
@@ -144,14 +148,14 @@ def test_import_does_not_import_mpi4py():
 
 
 def find_mpiexec():
-    """mpiexec of the MPI that mpi4py uses: next to the interpreter (the mpich wheel), else PATH."""
+    """mpiexec of mpi4py's MPI: next to the interpreter (the mpich wheel), else on PATH."""
     here = Path(sys.executable).parent / "mpiexec"
     return str(here) if here.exists() else shutil.which("mpiexec")
 
 
 @pytest.fixture(scope="module")
 def mpiexec():
-    pytest.importorskip("mpi4py", reason="mpi4py is not installed: pip install -e '.[mpi]'")
+    pytest.importorskip("mpi4py", reason=NO_MPI4PY)
     path = find_mpiexec()
     if path is None:
         pytest.fail("mpi4py imports but no mpiexec was found next to Python or on PATH")
@@ -173,12 +177,11 @@ def warm_kernel_cache():
             nbn.batch_norm_backward(y, x, mean, invstd, axis=axis)
 
 
-@pytest.mark.parametrize("ranks", [2, 3])
-def test_mpiexec_ranks_match_single_process(mpiexec, ranks):
+def run_under_mpiexec(mpiexec, ranks, script):
+    """Run ``script`` on ``ranks`` processes; returns its output, fails the test on a hang."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    command = [mpiexec, "-n", str(ranks), sys.executable, "-m", "mpi4py",
-               str(TESTS / "mpi_checks.py")]
+    command = [mpiexec, "-n", str(ranks), sys.executable, "-m", "mpi4py", str(script)]
     # A session of its own, so a timeout ends mpiexec and every rank it started.
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=env, start_new_session=True) as proc:
@@ -187,10 +190,21 @@ def test_mpiexec_ranks_match_single_process(mpiexec, ranks):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             output, _ = proc.communicate()
-            pytest.fail(f"mpiexec -n {ranks} did not finish in {MPI_TIMEOUT_S} s (a rank "
-                        f"waits in a collective?)\n{output}")
+            pytest.fail(f"mpiexec -n {ranks} {script.name} did not finish in {MPI_TIMEOUT_S} s "
+                        f"(a rank waits in a collective?)\n{output}")
     assert proc.returncode == 0, output
+    return output
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_mpiexec_ranks_match_single_process(mpiexec, ranks):
+    output = run_under_mpiexec(mpiexec, ranks, TESTS / "mpi_checks.py")
     assert f"on {ranks} ranks" in output and "MPI CHECKS PASSED" in output, output
+
+
+def test_example_training_step_keeps_ranks_identical(mpiexec):
+    output = run_under_mpiexec(mpiexec, 2, TESTS.parent / "examples" / "mpi_sync_bn.py")
+    assert "identical running statistics and parameters: True" in output, output
 
 
 # ---------------------------------------------------------------- SyncBatchNorm in one process
