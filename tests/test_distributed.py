@@ -22,7 +22,16 @@ from numbabn.cpu import backend
 from numbabn.distributed import merge_in_rank_order
 
 TESTS = Path(__file__).parent
-NO_MPI4PY = "mpi4py is not installed (pip install -e '.[mpi]'): MPI tests skipped"
+
+
+def import_mpi_or_skip():
+    """``mpi4py.MPI``, or skip the test with the reason (not installed, no MPI library)."""
+    try:
+        from mpi4py import MPI
+    except ImportError as err:  # ModuleNotFoundError, or an MPI library that fails to load
+        pytest.skip(f"mpi4py cannot be imported ({err}); pip install -e '.[mpi]' to run "
+                    "the MPI tests")
+    return MPI
 #: Far above the few seconds a run takes (kernels come from the warm cache), far below
 #: CI's budget if a rank hangs.
 MPI_TIMEOUT_S = 120
@@ -63,8 +72,7 @@ def test_a_rejected_rank_stops_the_merge():
 
 @pytest.fixture(scope="module")
 def comm_self():
-    mpi = pytest.importorskip("mpi4py.MPI", reason=NO_MPI4PY)
-    return mpi.COMM_SELF
+    return import_mpi_or_skip().COMM_SELF
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
@@ -155,7 +163,7 @@ def find_mpiexec():
 
 @pytest.fixture(scope="module")
 def mpiexec():
-    pytest.importorskip("mpi4py", reason=NO_MPI4PY)
+    import_mpi_or_skip()
     path = find_mpiexec()
     if path is None:
         pytest.fail("mpi4py imports but no mpiexec was found next to Python or on PATH")
