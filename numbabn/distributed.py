@@ -84,10 +84,11 @@ def sync_batch_norm_forward(x, weight=None, bias=None, *, comm, eps=1e-5, axis=1
 
     Returns
     -------
-    y : ndarray, shape and dtype of ``x``
+    y : array, shape and dtype of ``x`` (on the device of ``x``)
     mean, invstd : ndarray of shape (C,)
         The global statistics, identical on every rank; float64 for float64
-        input, else float32.
+        input, else float32.  Host NumPy arrays even for device input (they
+        are merged on the host; every backend accepts host vectors).
 
     Raises
     ------
@@ -123,10 +124,20 @@ def sync_batch_norm_forward(x, weight=None, bias=None, *, comm, eps=1e-5, axis=1
     invstd = cm.invstd_from_var(m2 / count, eps)
     y = backend.normalize(x, lay, mean, invstd, weight, bias, out)
     if running_mean is not None:
-        cm.blend_running(running_mean, mean, momentum)
-        cm.blend_running(running_var, m2 / (count - 1), momentum)
+        _blend_running(running_mean, mean, momentum)
+        _blend_running(running_var, m2 / (count - 1), momentum)
     dtype = v.stats_dtype(x.dtype)
     return y, mean.astype(dtype), invstd.astype(dtype)
+
+
+def _blend_running(running, batch, momentum):
+    """The running-average update in place; a device buffer goes through the host (C values)."""
+    if hasattr(running, "copy_to_host"):  # a Numba device array, as layers hold after to("cuda")
+        host = running.copy_to_host()
+        cm.blend_running(host, batch, momentum)
+        running.copy_to_device(host)
+    else:
+        cm.blend_running(running, batch, momentum)
 
 
 def _check_comm(comm):

@@ -283,3 +283,16 @@ def test_eval_without_running_stats_uses_the_local_batch(rng):
     sync.train()
     with pytest.raises(AssertionError, match="the layer communicated"):
         sync(x)
+
+
+def test_device_running_buffers_are_updated_through_the_host():
+    """Numba device arrays (CUDA simulator, its own process): the C-value staging path."""
+    code = (
+        "import numpy as np; from numba import cuda; from numbabn import distributed as d; "
+        "r = cuda.to_device(np.array([1.0, 2.0])); "
+        "d._blend_running(r, np.array([3.0, 6.0]), 0.25); print(r.copy_to_host().tolist())"
+    )
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, check=True)
+    assert result.stdout.split() == ["[1.5,", "3.0]"]
