@@ -22,6 +22,9 @@ from numbabn.cpu import backend
 from numbabn.distributed import merge_in_rank_order
 
 TESTS = Path(__file__).parent
+#: Far above the few seconds a run takes (kernels come from the warm cache), far below
+#: CI's budget if a rank hangs.
+MPI_TIMEOUT_S = 120
 
 
 def import_mpi_or_skip():
@@ -32,9 +35,6 @@ def import_mpi_or_skip():
         pytest.skip(f"mpi4py cannot be imported ({err}); pip install -e '.[mpi]' to run "
                     "the MPI tests")
     return MPI
-#: Far above the few seconds a run takes (kernels come from the warm cache), far below
-#: CI's budget if a rank hangs.
-MPI_TIMEOUT_S = 120
 
 
 def gathered_moments(parts):
