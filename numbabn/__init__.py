@@ -5,6 +5,12 @@ cached on disk.
 """
 from ._dispatch import CudaUnavailableError, cuda_available
 from ._state_io import load, save
+from .distributed import (
+    RankInputError,
+    SyncBatchNorm,
+    sync_batch_norm_backward,
+    sync_batch_norm_forward,
+)
 from .functional import batch_norm, batch_norm_backward, batch_norm_forward, channel_moments
 from .layers import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 
@@ -16,6 +22,8 @@ __all__ = [
     "BatchNorm2d",
     "BatchNorm3d",
     "CudaUnavailableError",
+    "RankInputError",
+    "SyncBatchNorm",
     "batch_norm",
     "batch_norm_backward",
     "batch_norm_forward",
@@ -23,4 +31,6 @@ __all__ = [
     "cuda_available",
     "load",
     "save",
+    "sync_batch_norm_backward",
+    "sync_batch_norm_forward",
 ]
