@@ -3,7 +3,14 @@
 This is the only place that knows which backends exist.  A backend is a
 module with the functions of :mod:`numbabn.cpu.backend`.
 """
+import sys
+
+import numpy as np
+
 DEVICES = ("auto", "cpu", "cuda")
+
+#: The CUDA simulator's device-array module; its arrays have no ``__cuda_array_interface__``.
+_SIMULATOR_ARRAYS = "numba.cuda.simulator.cudadrv.devicearray"
 
 
 class CudaUnavailableError(RuntimeError):
@@ -11,29 +18,66 @@ class CudaUnavailableError(RuntimeError):
 
 
 def is_device_array(a):
-    """True for arrays that live on a CUDA device (``__cuda_array_interface__``)."""
+    """True for arrays that live on a CUDA device.
+
+    That is anything exposing ``__cuda_array_interface__`` (Numba, CuPy,
+    PyTorch CUDA tensors) and, under the CUDA simulator, its ``FakeCUDAArray``.
+    Never imports ``numba.cuda``: a simulator array can only exist once the
+    simulator module is loaded.
+    """
+    if a is None or isinstance(a, np.ndarray):
+        return False
     try:
-        return hasattr(a, "__cuda_array_interface__")
+        if hasattr(a, "__cuda_array_interface__"):
+            return True
     except Exception:  # a property that raises for host tensors
         return False
+    simulator = sys.modules.get(_SIMULATOR_ARRAYS)
+    return simulator is not None and isinstance(a, simulator.FakeCUDAArray)
 
 
 def cuda_available():
-    """True when the CUDA backend can run here.  It is not built yet."""
-    return False
+    """True when the CUDA backend can run here (a GPU, or the CUDA simulator)."""
+    return _cuda_problem() is None
+
+
+def _cuda_problem():
+    """Why CUDA cannot be used here, or None when it can."""
+    try:
+        from .cuda import _runtime
+    except ImportError as err:
+        return f"numba.cuda cannot be imported ({err}); install numbabn[cuda]"
+    return _runtime.unavailable_reason()
 
 
 def _cuda_backend():
-    raise CudaUnavailableError(
-        "the CUDA backend is not available in this build of numbabn; use device='cpu'"
-    )
+    problem = _cuda_problem()
+    if problem is not None:
+        raise CudaUnavailableError(f"the CUDA backend cannot run here: {problem}")
+    from .cuda import backend
+
+    return backend
 
 
-def select_backend(device, x):
-    """Return the backend module for ``device`` ("auto", "cpu" or "cuda") and input ``x``."""
+def select_backend(device, x, *arrays):
+    """Return the backend module for ``device`` ("auto", "cpu" or "cuda") and input ``x``.
+
+    ``arrays`` are the other full-size arrays of the call (``dy``, ``out``;
+    None where absent).  They must live where the result is returned: on the
+    device with a device ``x``, on the host with a host ``x``.  Per-channel
+    vectors are not checked here: the CUDA backend moves host ones itself.
+    """
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     on_device = is_device_array(x)
+    for name, a in zip(("dy", "out"), arrays):
+        if a is not None and is_device_array(a) != on_device:
+            where = ("on the host", "a CUDA device array") if on_device else (
+                "a CUDA device array", "on the host")
+            raise ValueError(
+                f"{name} is {where[0]} but x is {where[1]}; full-size arrays must live "
+                "where x lives (copy one of them first)"
+            )
     if device == "auto":
         device = "cuda" if on_device else "cpu"
     if device == "cuda":

@@ -73,7 +73,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
     -----
     ``x``: (A..., C, B...) with C on ``axis``; ``y``: the same.
     """
-    backend = select_backend(device, x)
+    backend = select_backend(device, x, None, out)
     x = _float_input(backend, "x", x)
     lay = v.layout(x.shape, axis)
     running_mean, running_var, weight, bias = _channel_inputs(
@@ -117,7 +117,7 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=1, out=None,
     mean, invstd : ndarray of shape (C,)
         float64 for float64 input, else float32.
     """
-    backend = select_backend(device, x)
+    backend = select_backend(device, x, None, out)
     x = _float_input(backend, "x", x)
     lay = v.layout(x.shape, axis)
     weight, bias, running_mean, running_var = _channel_inputs(
@@ -172,7 +172,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, training=Tr
     dweight, dbias : ndarray of shape (C,)
         In ``weight``'s dtype; without weight, float64 for float64 input, else float32.
     """
-    backend = select_backend(device, x)
+    backend = select_backend(device, x, dy, out)
     x = _float_input(backend, "x", x)
     dy = _float_input(backend, "dy", dy)
     lay = v.layout(x.shape, axis)

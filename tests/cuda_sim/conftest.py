@@ -1,0 +1,30 @@
+"""The CUDA suite: runs under the CUDA simulator (CI) or on a real GPU.
+
+It needs its own process: ``NUMBA_ENABLE_CUDASIM=1`` must be set before
+numba is first imported (``tests/test_cuda_simulator.py`` starts it).  Under
+the simulator, every CUDA thread is a Python thread, so the launch tunables
+are patched down: tiny inputs then span several blocks in every grid
+dimension.
+"""
+import numpy as np
+import pytest
+
+from numbabn._dispatch import cuda_available
+
+if not cuda_available():
+    pytest.skip("neither a CUDA GPU nor the CUDA simulator is available",
+                allow_module_level=True)
+
+from numbabn.cuda import _runtime as rt  # noqa: E402
+from numbabn.cuda import config  # noqa: E402
+
+SIMULATED = rt.SIMULATED
+
+
+@pytest.fixture(autouse=True)
+def small_launches(monkeypatch):
+    if SIMULATED:
+        monkeypatch.setattr(config, "THREADS_PER_BLOCK", 16)
+        monkeypatch.setattr(config, "MIN_VALUES_PER_THREAD", 2)
+        monkeypatch.setattr(config, "ROWS_PER_THREAD", 2)
+
