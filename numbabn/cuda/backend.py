@@ -108,17 +108,25 @@ def _workspace(*shapes):
     """float64 device views of the given shapes, carved from one reused buffer.
 
     Kernels of one thread run in order on one stream, so a call can reuse the
-    scratch of the previous one; each Python thread has its own buffer.
+    scratch of the previous one; each Python thread has its own buffer.  The
+    views of a given list of shapes are kept too (making them costs host time).
     """
+    views = getattr(_local, "views", {}).get(shapes)
+    if views is not None:
+        return views
     sizes = [int(np.prod(s)) for s in shapes]
     buffer = getattr(_local, "buffer", None)
     if buffer is None or buffer.size < sum(sizes):
         buffer = rt.empty(max(sum(sizes), 2 * (0 if buffer is None else buffer.size)), np.float64)
         _local.buffer = buffer
+        _local.views = {}
     views, start = [], 0
     for shape, size in zip(shapes, sizes):
         views.append(buffer[start:start + size].reshape(shape))
         start += size
+    if len(_local.views) > 64:  # many distinct shapes: start over rather than grow
+        _local.views = {}
+    _local.views[shapes] = views
     return views
 
 
