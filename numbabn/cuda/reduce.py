@@ -45,6 +45,20 @@ def add4(n, mean, m2, v0, v1, v2, v3):
     return chan_merge(n, mean, m2, float64(4), m4, q4)
 
 
+@cuda.jit(device=True)
+def plane_walk(A, B):
+    """Where a planes-kernel thread starts in its channel's flat index ``j = a * B + b``.
+
+    Returns ``(j, a, b, stride, da, db, total)``: the thread steps ``j`` by
+    ``stride = da * B + db`` (with :func:`advance`) while ``j < total = A * B``.
+    """
+    stride = cuda.blockDim.x * cuda.gridDim.y
+    da = stride // B
+    j = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+    a = j // B
+    return j, a, j - a * B, stride, da, stride - da * B, A * B
+
+
 @cuda.jit
 def moments_planes(x, part_n, part_mean, part_m2):
     """Partials of x (A, C, B); grid (C, splits), 1-D blocks; parts (splits, C)."""
@@ -52,14 +66,7 @@ def moments_planes(x, part_n, part_mean, part_m2):
     c = cuda.blockIdx.x
     s = cuda.blockIdx.y
     t = cuda.threadIdx.x
-    T = cuda.blockDim.x
-    total = A * B
-    stride = T * cuda.gridDim.y
-    da = stride // B
-    db = stride - da * B
-    j = s * T + t
-    a = j // B
-    b = j - a * B
+    j, a, b, stride, da, db, total = plane_walk(A, B)
     n = float64(0)
     mean = float64(0)
     m2 = float64(0)
@@ -85,25 +92,38 @@ def moments_planes(x, part_n, part_mean, part_m2):
     sh_mean[t] = mean
     sh_m2[t] = m2
     cuda.syncthreads()
-    tree_merge(sh_n, sh_mean, sh_m2, 0, t, 1, T)
+    tree_merge(sh_n, sh_mean, sh_m2, 0, t, 1, cuda.blockDim.x)
     if t == 0:
         part_n[s, c] = sh_n[0]
         part_mean[s, c] = sh_mean[0]
         part_m2[s, c] = sh_m2[0]
 
 
+@cuda.jit(device=True)
+def row_walk():
+    """Where a rows-kernel thread works: ``(k, a, stride)``.
+
+    Its column ``k``, its first row ``a`` and the row step ``stride``.
+    """
+    height = cuda.blockDim.y
+    k = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    a = cuda.blockIdx.y * height + cuda.threadIdx.y
+    return k, a, height * cuda.gridDim.y
+
+
+@cuda.jit(device=True)
+def tile_slot():
+    """``(lane, row, i)``: a rows-kernel thread's place in its block's shared tile."""
+    lane = cuda.threadIdx.x
+    row = cuda.threadIdx.y
+    return lane, row, row * cuda.blockDim.x + lane
+
+
 @cuda.jit
 def moments_rows(x, part_n, part_mean, part_m2):
     """Partials of the columns of x (A, K); 2-D blocks, grid (columns, splits)."""
     A, K = x.shape
-    lane = cuda.threadIdx.x
-    row = cuda.threadIdx.y
-    width = cuda.blockDim.x
-    height = cuda.blockDim.y
-    k = cuda.blockIdx.x * width + lane
-    s = cuda.blockIdx.y
-    stride = height * cuda.gridDim.y
-    a = s * height + row
+    k, a, stride = row_walk()
     n = float64(0)
     mean = float64(0)
     m2 = float64(0)
@@ -121,16 +141,16 @@ def moments_rows(x, part_n, part_mean, part_m2):
     sh_n = cuda.shared.array(MAX_THREADS, float64)
     sh_mean = cuda.shared.array(MAX_THREADS, float64)
     sh_m2 = cuda.shared.array(MAX_THREADS, float64)
-    i = row * width + lane
+    lane, row, i = tile_slot()
     sh_n[i] = n
     sh_mean[i] = mean
     sh_m2[i] = m2
     cuda.syncthreads()
-    tree_merge(sh_n, sh_mean, sh_m2, lane, row, width, height)
+    tree_merge(sh_n, sh_mean, sh_m2, lane, row, cuda.blockDim.x, cuda.blockDim.y)
     if row == 0 and k < K:
-        part_n[s, k] = sh_n[lane]
-        part_mean[s, k] = sh_mean[lane]
-        part_m2[s, k] = sh_m2[lane]
+        part_n[cuda.blockIdx.y, k] = sh_n[lane]
+        part_mean[cuda.blockIdx.y, k] = sh_mean[lane]
+        part_m2[cuda.blockIdx.y, k] = sh_m2[lane]
 
 
 @cuda.jit
@@ -140,14 +160,7 @@ def sums_planes(dy, x, mean, part_dy, part_dyx):
     c = cuda.blockIdx.x
     s = cuda.blockIdx.y
     t = cuda.threadIdx.x
-    T = cuda.blockDim.x
-    total = A * B
-    stride = T * cuda.gridDim.y
-    da = stride // B
-    db = stride - da * B
-    j = s * T + t
-    a = j // B
-    b = j - a * B
+    j, a, b, stride, da, db, total = plane_walk(A, B)
     mu = float64(mean[c])
     s_dy = float64(0)
     s_dyx = float64(0)
@@ -170,7 +183,7 @@ def sums_planes(dy, x, mean, part_dy, part_dyx):
     sh_dy[t] = s_dy
     sh_dyx[t] = s_dyx
     cuda.syncthreads()
-    tree_sum(sh_dy, sh_dyx, 0, t, 1, T)
+    tree_sum(sh_dy, sh_dyx, 0, t, 1, cuda.blockDim.x)
     if t == 0:
         part_dy[s, c] = sh_dy[0]
         part_dyx[s, c] = sh_dyx[0]
@@ -180,14 +193,7 @@ def sums_planes(dy, x, mean, part_dy, part_dyx):
 def sums_rows(dy, x, B, mean, part_dy, part_dyx):
     r"""Column partials of :math:`dy`, :math:`dy\,(x-\mu)` for (A, K) inputs, K = C*B."""
     A, K = x.shape
-    lane = cuda.threadIdx.x
-    row = cuda.threadIdx.y
-    width = cuda.blockDim.x
-    height = cuda.blockDim.y
-    k = cuda.blockIdx.x * width + lane
-    s = cuda.blockIdx.y
-    stride = height * cuda.gridDim.y
-    a = s * height + row
+    k, a, stride = row_walk()
     s_dy = float64(0)
     s_dyx = float64(0)
     if k < K:
@@ -206,11 +212,11 @@ def sums_rows(dy, x, B, mean, part_dy, part_dyx):
             s_dyx += g0 * (float64(x[a, k]) - mu)
     sh_dy = cuda.shared.array(MAX_THREADS, float64)
     sh_dyx = cuda.shared.array(MAX_THREADS, float64)
-    i = row * width + lane
+    lane, row, i = tile_slot()
     sh_dy[i] = s_dy
     sh_dyx[i] = s_dyx
     cuda.syncthreads()
-    tree_sum(sh_dy, sh_dyx, lane, row, width, height)
+    tree_sum(sh_dy, sh_dyx, lane, row, cuda.blockDim.x, cuda.blockDim.y)
     if row == 0 and k < K:
-        part_dy[s, k] = sh_dy[lane]
-        part_dyx[s, k] = sh_dyx[lane]
+        part_dy[cuda.blockIdx.y, k] = sh_dy[lane]
+        part_dyx[cuda.blockIdx.y, k] = sh_dyx[lane]
