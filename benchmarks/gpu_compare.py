@@ -11,7 +11,8 @@ a warm-up, inputs rotated so that they do not sit in the L2 cache), checks
 that both agree, and prints one table.  ``%bw`` is the share of the measured
 device-to-device copy bandwidth reached, counting 3 x bytes for the training
 forward, 5 x for the backward and 2 x for inference.  Both libraries get the
-same torch tensors: numbabn reads them through ``__cuda_array_interface__``.
+same torch tensors (channels_last ones too): numbabn reads them in place
+through ``__cuda_array_interface__``.
 PyTorch's backward is ``torch.ops.aten.native_batch_norm_backward``.
 """
 import argparse
@@ -49,7 +50,7 @@ def time_ms(torch, fn, reps, warmup=3):
 
 
 def _inputs(torch, shape, channels_last, copies):
-    """``copies`` input tensors plus the matching numbabn views (axis) of each."""
+    """``copies`` input tensors (both libraries take the very same ones)."""
     xs = []
     for _ in range(copies):
         x = torch.randn(shape, device="cuda") * 2.0 + 0.5
@@ -57,11 +58,6 @@ def _inputs(torch, shape, channels_last, copies):
             x = x.contiguous(memory_format=torch.channels_last)
         xs.append(x)
     return xs
-
-
-def _numbabn_view(x, channels_last):
-    """The same memory as numbabn sees it: NHWC with axis=-1 for channels-last."""
-    return (x.permute(0, 2, 3, 1), -1) if channels_last else (x, 1)
 
 
 def compare_shape(torch, nbn, shape, channels_last, reps, bandwidth):
@@ -75,23 +71,17 @@ def compare_shape(torch, nbn, shape, channels_last, reps, bandwidth):
     b = torch.randn(c, device="cuda")
     rm, rv = torch.zeros(c, device="cuda"), torch.ones(c, device="cuda")
     k = len(xs)
-    views = [_numbabn_view(x, channels_last) for x in xs]
-    dviews = [_numbabn_view(dy, channels_last)[0] for dy in dys]
-    axis = views[0][1]
 
     def t_forward(i):
         return F.batch_norm(xs[i % k], rm, rv, w, b, training=True)
 
     def n_forward(i):
-        return nbn.batch_norm_forward(views[i % k][0], w, b, axis=axis, running_mean=rm,
-                                      running_var=rv)
+        return nbn.batch_norm_forward(xs[i % k], w, b, running_mean=rm, running_var=rv)
 
     y_t, save_mean, save_invstd = torch.ops.aten.native_batch_norm(
         xs[0], w, b, rm, rv, True, 0.1, 1e-5)
-    y_n, mean_n, invstd_n = nbn.batch_norm_forward(views[0][0], w, b, axis=axis)
+    y_n, mean_n, invstd_n = nbn.batch_norm_forward(xs[0], w, b)
     y_n = torch.as_tensor(y_n, device="cuda")
-    if channels_last:
-        y_n = y_n.permute(0, 3, 1, 2)
     err = (y_n - y_t).abs().max().item()
 
     def t_backward(i):
@@ -100,14 +90,13 @@ def compare_shape(torch, nbn, shape, channels_last, reps, bandwidth):
             [True, True, True])
 
     def n_backward(i):
-        return nbn.batch_norm_backward(dviews[i % k], views[i % k][0], mean_n, invstd_n, w,
-                                       axis=axis)
+        return nbn.batch_norm_backward(dys[i % k], xs[i % k], mean_n, invstd_n, w)
 
     def t_infer(i):
         return F.batch_norm(xs[i % k], rm, rv, w, b, training=False)
 
     def n_infer(i):
-        return nbn.batch_norm(views[i % k][0], rm, rv, w, b, axis=axis)
+        return nbn.batch_norm(xs[i % k], rm, rv, w, b)
 
     row = {"shape": shape, "layout": "NHWC" if channels_last else "NCHW", "MB": nbytes / 1e6,
            "err": err}

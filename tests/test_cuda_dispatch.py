@@ -90,3 +90,16 @@ def test_cuda_suite_under_simulator():
         f"{proc.stdout[-12000:]}\n{proc.stderr[-4000:]}"
     )
     assert " passed" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_channels_last_order():
+    from numbabn.cuda.backend import channels_last_order
+
+    shape = (2, 3, 4, 5)  # N, C, H, W stored as N, H, W, C (float32)
+    assert channels_last_order(shape, (240, 4, 60, 12), 4, axis=1)
+    assert not channels_last_order(shape, (240, 80, 20, 4), 4, axis=1)  # C-contiguous
+    assert not channels_last_order(shape, (480, 8, 120, 24), 4, axis=1)  # strided
+    assert channels_last_order((2, 1, 4, 5), (80, 999, 20, 4), 4, axis=1)  # size-1 axes: any stride
+    assert channels_last_order((2, 3, 1, 1), (24, 8, 99, 99), 8, axis=1)
+    assert channels_last_order((2, 3, 4), (48, 4, 12), 4, axis=1)
+    assert not channels_last_order((2, 3, 4), (64, 4, 12), 4, axis=1)  # gap between samples

@@ -57,6 +57,15 @@ def is_c_contiguous(a):
     return a.is_c_contiguous()
 
 
+def alias(a, shape, strides):
+    """A device array over ``a``'s memory with another shape and byte strides (no copy)."""
+    if SIMULATED:
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+        return FakeCUDAArray(np.lib.stride_tricks.as_strided(a._ary, shape, strides))
+    return _DeviceNDArray(shape, strides, a.dtype, stream=a.stream, gpu_data=a.gpu_data)
+
+
 def to_device(a):
     return cuda.to_device(np.ascontiguousarray(a))
 

@@ -4,8 +4,10 @@ Placement rules (the public functions document them):
 
 * a device ``x`` (anything with ``__cuda_array_interface__``) is used where it
   is, without a copy, and results are Numba device arrays (which expose
-  ``__cuda_array_interface__``); an ``out=`` array (device, C-contiguous) is
-  written and returned as given;
+  ``__cuda_array_interface__``); an ``out=`` device array is written and
+  returned as given.  Device arrays are C-contiguous or channels-last (the
+  channel axis innermost in memory, as PyTorch's ``channels_last``; read as
+  their contiguous (A*B, C, 1) view, results in the same memory order);
 * a NumPy ``x`` (``device="cuda"``) is copied in, and results come back as
   NumPy arrays;
 * per-channel vectors may be on either side: host ones are copied in (one
@@ -19,12 +21,13 @@ backend does, for callers (MPI) that merge statistics across processes.
 Every check runs before the first copy or launch.
 """
 import threading
+from typing import NamedTuple
 
 import numpy as np
 from numba import float32, float64
 
 from .. import _channel_math as cm
-from .._validate import stats_dtype
+from .._validate import Layout, stats_dtype
 from . import _grid, elementwise, finalize, reduce
 from . import _runtime as rt
 
@@ -42,19 +45,71 @@ def asarray(a):
 
 # -- placement --------------------------------------------------------------------
 
-def _require_contiguous(**arrays):
-    for label, a in arrays.items():
-        if a is not None and rt.is_device_array(a) and not rt.is_c_contiguous(rt.device_view(a)):
+class _Plan(NamedTuple):
+    """How the kernels see a call's full-size arrays."""
+
+    lay: Layout  # the (A, C, B) view the kernels read
+    host: bool  # x is a NumPy array: it is copied in and results go back to the host
+    channels_last: bool  # device arrays whose channel axis is innermost in memory
+
+
+def channels_last_order(shape, strides, itemsize, axis):
+    """True if memory holds the array's axes, ``axis`` moved last, C-contiguously."""
+    expected = itemsize
+    for i in [axis] + [i for i in reversed(range(len(shape))) if i != axis]:
+        if shape[i] != 1 and strides[i] != expected:
+            return False
+        expected *= shape[i]
+    return True
+
+
+def _memory_order(a, lay):
+    if rt.is_c_contiguous(a):
+        return "C"
+    if channels_last_order(a.shape, a.strides, a.dtype.itemsize, lay.axis):
+        return "channels-last"
+    return None
+
+
+def _plan(lay, x, **arrays):
+    """Check the memory of the full-size arrays; raises before any copy or launch.
+
+    Device arrays must be C-contiguous or, all of them alike, in channels-last
+    order (the channel axis innermost, as a PyTorch ``channels_last`` tensor):
+    those are read as their contiguous (A*B, C, 1) view.
+    """
+    if not rt.is_device_array(x):
+        return _Plan(lay, True, False)
+    orders = {}
+    for label, a in (("x", x), *arrays.items()):
+        if a is None:
+            continue
+        orders[label] = _memory_order(rt.device_view(a), lay)
+        if orders[label] is None:
             raise ValueError(
-                f"{label} is a non-contiguous device array; the CUDA kernels need C-contiguous "
-                "device arrays (make a contiguous copy, or pass a channels-last array as its "
-                "contiguous (N, H, W, C) view with axis=-1)"
+                f"{label} is a device array that is neither C-contiguous nor channels-last "
+                "(channel axis innermost); make a contiguous copy first"
             )
+        if orders[label] != orders["x"]:
+            raise ValueError(
+                f"{label} is {orders[label]} in memory but x is {orders['x']}; "
+                "they must share one memory order"
+            )
+    if orders["x"] == "C":
+        return _Plan(lay, False, False)
+    return _Plan(Layout(lay.A * lay.B, lay.C, 1, lay.axis), False, True)
 
 
-def _on_device(a):
-    """``a`` on the device: a view of a device array, or a copy of a host one."""
-    return rt.device_view(a) if rt.is_device_array(a) else rt.to_device(a)
+def _kernel_array(a, plan):
+    """``a`` as the kernels read it: a C-contiguous (A, C, B) device array."""
+    lay = plan.lay
+    if not rt.is_device_array(a):
+        return rt.to_device(a).reshape(lay.A, lay.C, lay.B)
+    a = rt.device_view(a)
+    if plan.channels_last:
+        item = a.dtype.itemsize
+        return rt.alias(a, (lay.A, lay.C, 1), (lay.C * item, item, item))
+    return a.reshape(lay.A, lay.C, lay.B)
 
 
 def _vectors_on_device(*vectors):
@@ -77,17 +132,22 @@ def _host64(v):
     return np.asarray(v, dtype=np.float64)
 
 
-def _destination(x, out):
+def _destination(x, out, plan):
     """Where a kernel writes a full-size result: ``out`` itself when it is on the device."""
     if out is not None and rt.is_device_array(out):
-        return rt.device_view(out)
-    return rt.empty(x.shape, x.dtype)
+        return _kernel_array(out, plan)
+    return rt.empty((plan.lay.A, plan.lay.C, plan.lay.B), x.dtype)
 
 
-def _deliver(result, host, out):
-    """Hand a full-size device result back: as ``out``, as NumPy, or as it is."""
-    if not host:
-        return out if out is not None else result
+def _deliver(result, x, out, plan):
+    """Hand a full-size kernel result back: as ``out``, as NumPy, or in x's memory order."""
+    if out is not None and not plan.host:
+        return out
+    if plan.channels_last:
+        return rt.alias(result, x.shape, rt.device_view(x).strides)
+    result = result.reshape(x.shape)
+    if not plan.host:
+        return result
     array = result.copy_to_host()
     if out is None:
         return array
@@ -95,8 +155,8 @@ def _deliver(result, host, out):
     return out
 
 
-def _deliver_vector(v, host):
-    return v.copy_to_host() if host else v
+def _deliver_vector(v, plan):
+    return v.copy_to_host() if plan.host else v
 
 
 # -- workspace --------------------------------------------------------------------
@@ -160,7 +220,8 @@ def _sum_partials(dyd, xd, lay, mean, *extra_shapes):
     parts = views[:2]
     if _grid.uses_rows(lay):
         k = lay.C * lay.B
-        reduce.sums_rows[grid, block](dyd.reshape(lay.A, k), xd.reshape(lay.A, k), lay.B, mean, *parts)
+        reduce.sums_rows[grid, block](dyd.reshape(lay.A, k), xd.reshape(lay.A, k), lay.B, mean,
+                                      *parts)
     else:
         shape3 = (lay.A, lay.C, lay.B)
         reduce.sums_planes[grid, block](dyd.reshape(shape3), xd.reshape(shape3), mean, *parts)
@@ -190,26 +251,25 @@ def _apply(dyd, xd, lay, mean, coef, training, dxd):
 
 def welford(x, lay):
     """Per-channel ``(count, mean, m2)``: host float64 arrays, like the CPU backend."""
-    _require_contiguous(x=x)
+    plan = _plan(lay, x)
     if lay.count == 0 or lay.C == 0:
         return lay.count, np.zeros(lay.C), np.zeros(lay.C)
-    parts, bp, (stats,) = _moment_partials(_on_device(x), lay, (2, lay.C))
+    parts, bp, (stats,) = _moment_partials(_kernel_array(x, plan), plan.lay, (2, lay.C))
     finalize.welford_stats[_grid.per_channel(lay.C)](*parts, bp, stats)
     mean, m2 = stats.copy_to_host()
     return lay.count, mean, m2
 
 
 def moments(x, lay, ddof):
-    _require_contiguous(x=x)
-    host = not rt.is_device_array(x)
+    plan = _plan(lay, x)
     dtype = stats_dtype(x.dtype)
     if lay.count == 0 or lay.C == 0:
         mean = np.full(lay.C, np.nan, dtype)
-        return (mean, mean.copy()) if host else (rt.to_device(mean), rt.to_device(mean))
-    parts, bp, _ = _moment_partials(_on_device(x), lay)
+        return (mean, mean.copy()) if plan.host else (rt.to_device(mean), rt.to_device(mean))
+    parts, bp, _ = _moment_partials(_kernel_array(x, plan), plan.lay)
     stats = rt.empty((2, lay.C), dtype)
     finalize.moment_stats[_grid.per_channel(lay.C)](*parts, bp, float(ddof), stats)
-    return _deliver_vector(stats[0], host), _deliver_vector(stats[1], host)
+    return _deliver_vector(stats[0], plan), _deliver_vector(stats[1], plan)
 
 
 def normalize(x, lay, mean, invstd, weight, bias, out):
@@ -222,38 +282,35 @@ def forward_infer(x, lay, running_mean, running_var, weight, bias, eps, out):
 
 
 def _normalize_call(x, lay, mean, spread, spread_is_var, eps, weight, bias, out):
-    _require_contiguous(x=x, out=out)
-    host = not rt.is_device_array(x)
-    if x.size == 0:
-        return _deliver(rt.empty(x.shape, x.dtype), host, out)
-    xd = _on_device(x)
-    mean, spread, weight, bias = _vectors_on_device(mean, spread, weight, bias)
-    yd = _destination(x, out)
-    _normalize(xd, lay, mean, spread, spread_is_var, eps, weight, bias, yd)
-    return _deliver(yd, host, out)
+    plan = _plan(lay, x, out=out)
+    yd = _destination(x, out, plan)
+    if x.size > 0:
+        mean, spread, weight, bias = _vectors_on_device(mean, spread, weight, bias)
+        _normalize(_kernel_array(x, plan), plan.lay, mean, spread, spread_is_var, eps, weight,
+                   bias, yd)
+    return _deliver(yd, x, out, plan)
 
 
 def forward_train(x, lay, weight, bias, eps, out, running_mean, running_var, momentum):
     """Three launches: moments reduction, per-channel finalize, normalize."""
-    _require_contiguous(x=x, out=out)
-    host = not rt.is_device_array(x)
-    dtype = stats_dtype(x.dtype)
-    xd = _on_device(x)
-    weight, bias, run_mean, run_var = _vectors_on_device(weight, bias, running_mean, running_var)
-    saved = rt.empty((2, lay.C), dtype)
-    yd = _destination(x, out)
+    plan = _plan(lay, x, out=out)
+    saved = rt.empty((2, lay.C), stats_dtype(x.dtype))
+    yd = _destination(x, out, plan)
     if lay.C > 0:
-        parts, bp, (coef,) = _moment_partials(xd, lay, (2, lay.C))
+        xd = _kernel_array(x, plan)
+        weight, bias, run_mean, run_var = _vectors_on_device(
+            weight, bias, running_mean, running_var)
+        parts, bp, (coef,) = _moment_partials(xd, plan.lay, (2, lay.C))
         update = running_mean is not None
         finalize.train_stats[_grid.per_channel(lay.C)](
             *parts, bp, eps, momentum, update,
             run_mean if update else coef[0], run_var if update else coef[1], saved, coef,
         )
-        _normalize(xd, lay, coef[0], coef[1], False, eps, weight, bias, yd)
+        _normalize(xd, plan.lay, coef[0], coef[1], False, eps, weight, bias, yd)
         _copy_back(running_mean, run_mean)
         _copy_back(running_var, run_var)
-    y = _deliver(yd, host, out)
-    return y, _deliver_vector(saved[0], host), _deliver_vector(saved[1], host)
+    y = _deliver(yd, x, out, plan)
+    return y, _deliver_vector(saved[0], plan), _deliver_vector(saved[1], plan)
 
 
 def _copy_back(host_buffer, device_buffer):
@@ -264,13 +321,12 @@ def _copy_back(host_buffer, device_buffer):
 
 def backward_reduce(dy, x, lay, mean):
     """Per-channel ``(sum(dy), sum(dy * (x - mean)))``: host float64 arrays."""
-    _require_contiguous(x=x, dy=dy)
+    plan = _plan(lay, x, dy=dy)
     if lay.count == 0 or lay.C == 0:
         return np.zeros(lay.C), np.zeros(lay.C)
     (mean,) = _vectors_on_device(mean)
     parts, bp, (sums,) = _sum_partials(
-        _on_device(dy), _on_device(x), lay, mean, (2, lay.C)
-    )
+        _kernel_array(dy, plan), _kernel_array(x, plan), plan.lay, mean, (2, lay.C))
     finalize.sum_stats[_grid.per_channel(lay.C)](*parts, bp, sums)
     sum_dy, sum_dy_xmu = sums.copy_to_host()
     return sum_dy, sum_dy_xmu
@@ -278,38 +334,36 @@ def backward_reduce(dy, x, lay, mean):
 
 def backward_apply(dy, x, lay, mean, invstd, weight, sum_dy, sum_dy_xmu, count, training, out):
     """dx from reduced sums (host or device); the coefficients are formed on the host."""
-    _require_contiguous(x=x, dy=dy, out=out)
-    host = not rt.is_device_array(x)
-    if x.size == 0:
-        return _deliver(rt.empty(x.shape, x.dtype), host, out)
-    k_dy, k_x, k_0 = cm.backward_coefficients(
-        _host64(invstd), _host64(weight), _host64(sum_dy), _host64(sum_dy_xmu), count, training
-    )
-    dyd, xd = _on_device(dy), _on_device(x)
-    (mean,) = _vectors_on_device(mean)
-    coef = rt.to_device(np.stack([k_dy, k_x, k_0]))
-    dxd = _destination(x, out)
-    _apply(dyd, xd, lay, mean, coef, training, dxd)
-    return _deliver(dxd, host, out)
+    plan = _plan(lay, x, dy=dy, out=out)
+    dxd = _destination(x, out, plan)
+    if x.size > 0:
+        k_dy, k_x, k_0 = cm.backward_coefficients(
+            _host64(invstd), _host64(weight), _host64(sum_dy), _host64(sum_dy_xmu), count,
+            training,
+        )
+        (mean,) = _vectors_on_device(mean)
+        coef = rt.to_device(np.stack([k_dy, k_x, k_0]))
+        _apply(_kernel_array(dy, plan), _kernel_array(x, plan), plan.lay, mean, coef, training,
+               dxd)
+    return _deliver(dxd, x, out, plan)
 
 
 def backward(dy, x, lay, mean, invstd, weight, training, out):
     """Three launches: sums reduction, per-channel coefficients, apply."""
-    _require_contiguous(x=x, dy=dy, out=out)
-    host = not rt.is_device_array(x)
+    plan = _plan(lay, x, dy=dy, out=out)
     grad_dtype = np.dtype(weight.dtype) if weight is not None else stats_dtype(x.dtype)
-    grads = rt.empty((2, lay.C), grad_dtype)
-    dxd = _destination(x, out)
+    dxd = _destination(x, out, plan)
     if lay.count == 0 or lay.C == 0:
         grads = rt.to_device(np.zeros((2, lay.C), grad_dtype))
     else:
-        dyd, xd = _on_device(dy), _on_device(x)
+        grads = rt.empty((2, lay.C), grad_dtype)
+        dyd, xd = _kernel_array(dy, plan), _kernel_array(x, plan)
         mean, invstd, weight_d = _vectors_on_device(mean, invstd, weight)
-        parts, bp, (coef,) = _sum_partials(dyd, xd, lay, mean, (3, lay.C))
+        parts, bp, (coef,) = _sum_partials(dyd, xd, plan.lay, mean, (3, lay.C))
         finalize.backward_stats[_grid.per_channel(lay.C)](
             *parts, bp, float(lay.count), invstd, invstd if weight_d is None else weight_d,
             weight_d is not None, training, grads, coef,
         )
-        _apply(dyd, xd, lay, mean, coef, training, dxd)
-    dx = _deliver(dxd, host, out)
-    return dx, _deliver_vector(grads[0], host), _deliver_vector(grads[1], host)
+        _apply(dyd, xd, plan.lay, mean, coef, training, dxd)
+    dx = _deliver(dxd, x, out, plan)
+    return dx, _deliver_vector(grads[0], plan), _deliver_vector(grads[1], plan)

@@ -6,7 +6,6 @@ the simulator, every CUDA thread is a Python thread, so the launch tunables
 are patched down: tiny inputs then span several blocks in every grid
 dimension.
 """
-import numpy as np
 import pytest
 
 from numbabn._dispatch import cuda_available

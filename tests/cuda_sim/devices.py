@@ -29,3 +29,18 @@ def to_device(a):
 def host(a):
     """NumPy copy of a device array (Numba or simulator)."""
     return a.copy_to_host() if hasattr(a, "copy_to_host") else np.asarray(a)
+
+
+def channels_last(x):
+    """A device copy of NumPy ``x`` (N, C, ...) whose memory is channels-last, as (N, C, ...)."""
+    moved = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    d = to_device(moved)
+    strides = np.moveaxis(np.empty(moved.shape, x.dtype), -1, 1).strides
+    return rt.alias(d, x.shape, strides)
+
+
+def host_channels_last(y):
+    """NumPy (N, C, ...) copy of a channels-last device array (copy_to_host wants contiguity)."""
+    moved_shape = (y.shape[0],) + tuple(y.shape[2:]) + (y.shape[1],)
+    contiguous = np.empty(moved_shape, y.dtype).strides
+    return np.moveaxis(rt.alias(y, moved_shape, contiguous).copy_to_host(), -1, 1)

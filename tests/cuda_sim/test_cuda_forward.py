@@ -8,7 +8,7 @@ import reference as ref
 from numbabn.cuda import _grid, config
 from numbabn.cuda import _runtime as rt
 from numbabn._validate import layout
-from devices import host, to_device, tolerance
+from devices import channels_last, host, host_channels_last, to_device, tolerance
 
 # Each shape exercises one loop order with several blocks (see test_shapes_span_blocks).
 SHAPES_AXES = [
@@ -174,3 +174,31 @@ def test_welford_and_normalize_interface_for_mpi(rng):
     invstd = 1.0 / np.sqrt(m2 / count + 1e-5)
     y = backend.normalize(to_device(x), lay, mean, invstd, None, None, None)
     np.testing.assert_allclose(host(y), ref.forward_train(x)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (5, 2, 40)])
+def test_channels_last_memory_without_copy(rng, shape):
+    """A (N, C, ...) device array with the channel axis innermost in memory (PyTorch's
+    channels_last) is read in place; results keep that memory order."""
+    x = data(rng, shape, np.float32)
+    w = rng.uniform(0.5, 1.5, shape[1]).astype(np.float32)
+    xd = channels_last(x)
+    assert not xd.is_c_contiguous()
+    rm, rv = to_device(np.zeros(shape[1], np.float32)), to_device(np.ones(shape[1], np.float32))
+    y, mean, invstd = nbn.batch_norm_forward(xd, w, running_mean=rm, running_var=rv)
+    y_ref, mean_ref, invstd_ref, _ = ref.forward_train(x, w)
+    assert y.strides == xd.strides
+    np.testing.assert_allclose(host_channels_last(y), y_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(host(mean), mean_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(host(rm), 0.1 * mean_ref, rtol=1e-5, atol=1e-6)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    dx, dw, db = nbn.batch_norm_backward(channels_last(dy), xd, mean, invstd, w)
+    dx_ref, dw_ref, db_ref = ref.backward(dy, x, host(mean), host(invstd), w)
+    np.testing.assert_allclose(host_channels_last(dx), dx_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(host(dw), dw_ref, rtol=1e-5, atol=1e-5)
+    out = channels_last(np.full(shape, np.nan, np.float32))
+    assert nbn.batch_norm(xd, rm, rv, w, out=out) is out
+    y_inf = ref.forward_infer(x, host(rm), host(rv), w)
+    np.testing.assert_allclose(host_channels_last(out), y_inf, rtol=1e-5, atol=1e-5)
+    _, var = nbn.channel_moments(xd)
+    np.testing.assert_allclose(host(var), ref.moments(x)[1], rtol=1e-5)

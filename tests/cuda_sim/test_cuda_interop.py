@@ -50,8 +50,12 @@ def test_torch_cuda_tensors(rng):
     torch.testing.assert_close(rm, x.mean(dim=(0, 2, 3)) * 0.1, rtol=1e-5, atol=1e-6)
     out = torch.empty_like(x)
     assert nbn.batch_norm(x, rm, rv, out=out) is out
-    # channels-last memory: the contiguous (N, H, W, C) view with axis=-1
-    nhwc = x.permute(0, 2, 3, 1).contiguous()
+    # a channels_last tensor is read in place, and the result keeps that memory order
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    y = torch.as_tensor(nbn.batch_norm_forward(x_cl)[0], device="cuda")
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    nhwc = x.permute(0, 2, 3, 1).contiguous()  # or its (N, H, W, C) view with axis=-1
     y = nbn.batch_norm_forward(nhwc, axis=-1)[0]
     torch.testing.assert_close(torch.as_tensor(y, device="cuda").permute(0, 3, 1, 2), expected,
                                rtol=1e-5, atol=1e-5)
