@@ -45,11 +45,23 @@ def multiprocessor_count():
     return _sm_count
 
 
+#: ``__cuda_array_interface__`` stream values of the legacy and per-thread default streams.
+_DEFAULT_STREAMS = (None, 1, 2)
+
+
 def device_view(a):
-    """A Numba device array sharing ``a``'s memory (``a`` is a device array)."""
+    """A Numba device array sharing ``a``'s memory (``a`` is a device array).
+
+    The kernels run on the legacy default stream, which already waits for work
+    on the default streams; only an array exported from another stream (say a
+    ``torch.cuda.Stream``) makes the host wait for that stream first.  Numba's
+    own default would synchronize for every array, at every call.
+    """
     if SIMULATED or isinstance(a, _DeviceNDArray):
         return a
-    return cuda.as_cuda_array(a)
+    interface = a.__cuda_array_interface__
+    sync = interface.get("stream") not in _DEFAULT_STREAMS
+    return cuda.from_cuda_array_interface(interface, owner=a, sync=sync)
 
 
 def is_c_contiguous(a):
