@@ -103,3 +103,22 @@ def test_channels_last_order():
     assert channels_last_order((2, 3, 1, 1), (24, 8, 99, 99), 8, axis=1)
     assert channels_last_order((2, 3, 4), (48, 4, 12), 4, axis=1)
     assert not channels_last_order((2, 3, 4), (64, 4, 12), 4, axis=1)  # gap between samples
+
+
+def test_threads_per_block_is_checked(monkeypatch):
+    from numbabn._validate import layout
+    from numbabn.cuda import _grid, config
+
+    monkeypatch.setattr(config, "THREADS_PER_BLOCK", 48)
+    with pytest.raises(ValueError, match="power of two"):
+        _grid.planes(layout((4, 3, 40), 1))
+    monkeypatch.setattr(config, "THREADS_PER_BLOCK", 2 * config.MAX_THREADS)
+    with pytest.raises(ValueError, match="power of two"):
+        _grid.elementwise(4, 3)
+
+
+def test_threads_from_environment():
+    code = "from numbabn.cuda import config; print(config.THREADS_PER_BLOCK)"
+    assert _run(code, NUMBABN_CUDA_THREADS="64").stdout.strip() == "64"
+    bad = _run(code, NUMBABN_CUDA_THREADS="100")
+    assert bad.returncode != 0 and "power of two" in bad.stderr

@@ -22,13 +22,22 @@ def uses_rows(lay):
     return lay.B < config.ROWS_MAX_B
 
 
+def _threads():
+    """Threads per block: a power of two within what the shared tiles hold."""
+    threads = config.THREADS_PER_BLOCK
+    if not 2 <= threads <= config.MAX_THREADS or threads & (threads - 1):
+        raise ValueError(f"config.THREADS_PER_BLOCK must be a power of two from 2 to "
+                         f"{config.MAX_THREADS}, got {threads}")
+    return threads
+
+
 def _target_blocks():
     return config.BLOCKS_PER_SM * multiprocessor_count()
 
 
 def planes(lay):
     """``(grid, block)`` of a planes reduction: blocks (channel, split), 1-D."""
-    threads = config.THREADS_PER_BLOCK
+    threads = _threads()
     most = max(1, lay.count // (threads * config.MIN_VALUES_PER_THREAD))
     splits = _clamp(_ceil_div(_target_blocks(), lay.C), 1, min(most, MAX_GRID_Y))
     return (lay.C, splits), threads
@@ -36,7 +45,7 @@ def planes(lay):
 
 def _tile(columns):
     """(width, height) of a 2-D block over ``columns`` columns: width a power of two."""
-    threads = config.THREADS_PER_BLOCK
+    threads = _threads()
     width = 1
     while width < columns and width < threads:
         width *= 2
@@ -61,5 +70,5 @@ def elementwise(rows_, columns):
 
 def per_channel(channels):
     """``(grid, block)`` of a one-thread-per-channel kernel."""
-    threads = min(config.THREADS_PER_BLOCK, 128)
+    threads = min(_threads(), 128)
     return _ceil_div(channels, threads), threads
