@@ -68,7 +68,9 @@ def elementwise(rows_, columns):
     return (_ceil_div(columns, width), blocks_y), (width, height)
 
 
-def per_channel(channels):
-    """``(grid, block)`` of a one-thread-per-channel kernel."""
-    threads = min(_threads(), 128)
-    return _ceil_div(channels, threads), threads
+def per_channel(channels, partials):
+    """``(grid, block)`` of a finalize kernel: one block per channel, ``partials`` each."""
+    threads = 1
+    while threads < partials and threads < min(_threads(), config.FINALIZE_THREADS):
+        threads *= 2
+    return channels, threads

@@ -228,6 +228,11 @@ def _sum_partials(dyd, xd, lay, mean, *extra_shapes):
     return parts, bp, views[2:]
 
 
+def _per_channel(kernel, channels, parts):
+    """``kernel`` launched with one block per channel, to merge ``parts`` (splits, C * Bp)."""
+    return kernel[_grid.per_channel(channels, parts[0].size // channels)]
+
+
 def _normalize(xd, lay, mean, spread, spread_is_var, eps, weight, bias, yd):
     k = lay.C * lay.B
     grid, block = _grid.elementwise(lay.A, k)
@@ -255,7 +260,7 @@ def welford(x, lay):
     if lay.count == 0 or lay.C == 0:
         return lay.count, np.zeros(lay.C), np.zeros(lay.C)
     parts, bp, (stats,) = _moment_partials(_kernel_array(x, plan), plan.lay, (2, lay.C))
-    finalize.welford_stats[_grid.per_channel(lay.C)](*parts, bp, stats)
+    _per_channel(finalize.welford_stats, lay.C, parts)(*parts, bp, stats)
     mean, m2 = stats.copy_to_host()
     return lay.count, mean, m2
 
@@ -268,7 +273,7 @@ def moments(x, lay, ddof):
         return (mean, mean.copy()) if plan.host else (rt.to_device(mean), rt.to_device(mean))
     parts, bp, _ = _moment_partials(_kernel_array(x, plan), plan.lay)
     stats = rt.empty((2, lay.C), dtype)
-    finalize.moment_stats[_grid.per_channel(lay.C)](*parts, bp, float(ddof), stats)
+    _per_channel(finalize.moment_stats, lay.C, parts)(*parts, bp, float(ddof), stats)
     return _deliver_vector(stats[0], plan), _deliver_vector(stats[1], plan)
 
 
@@ -302,7 +307,7 @@ def forward_train(x, lay, weight, bias, eps, out, running_mean, running_var, mom
             weight, bias, running_mean, running_var)
         parts, bp, (coef,) = _moment_partials(xd, plan.lay, (2, lay.C))
         update = running_mean is not None
-        finalize.train_stats[_grid.per_channel(lay.C)](
+        _per_channel(finalize.train_stats, lay.C, parts)(
             *parts, bp, eps, momentum, update,
             run_mean if update else coef[0], run_var if update else coef[1], saved, coef,
         )
@@ -327,7 +332,7 @@ def backward_reduce(dy, x, lay, mean):
     (mean,) = _vectors_on_device(mean)
     parts, bp, (sums,) = _sum_partials(
         _kernel_array(dy, plan), _kernel_array(x, plan), plan.lay, mean, (2, lay.C))
-    finalize.sum_stats[_grid.per_channel(lay.C)](*parts, bp, sums)
+    _per_channel(finalize.sum_stats, lay.C, parts)(*parts, bp, sums)
     sum_dy, sum_dy_xmu = sums.copy_to_host()
     return sum_dy, sum_dy_xmu
 
@@ -360,7 +365,7 @@ def backward(dy, x, lay, mean, invstd, weight, training, out):
         dyd, xd = _kernel_array(dy, plan), _kernel_array(x, plan)
         mean, invstd, weight_d = _vectors_on_device(mean, invstd, weight)
         parts, bp, (coef,) = _sum_partials(dyd, xd, plan.lay, mean, (3, lay.C))
-        finalize.backward_stats[_grid.per_channel(lay.C)](
+        _per_channel(finalize.backward_stats, lay.C, parts)(
             *parts, bp, float(lay.count), invstd, invstd if weight_d is None else weight_d,
             weight_d is not None, training, grads, coef,
         )

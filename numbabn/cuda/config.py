@@ -38,3 +38,6 @@ MIN_VALUES_PER_THREAD = 16
 
 #: An elementwise thread walks about this many rows of its column.
 ROWS_PER_THREAD = 8
+
+#: Most threads of a finalize block (one block per channel merges its partials).
+FINALIZE_THREADS = 128

@@ -1,9 +1,12 @@
-r"""Per-channel kernels between the reduce and apply passes (float64, one thread per channel).
+r"""Per-channel kernels between the reduce and apply passes (float64, one block per channel).
 
 They merge the partials the reduction kernels wrote (``part[s, c * Bp + b]``
 for ``s < splits``, ``b < Bp``; ``Bp`` is 1 for the planes kernels and B for
 the rows kernels) and do on the device what :mod:`numbabn._channel_math` does
-on the host, so that a training step needs no host round trip:
+on the host, so that a training step needs no host round trip.  The threads
+of channel c's block merge strided subsets of its partials, then a shared
+tree merges the threads (a channel split over a thousand blocks is not merged
+by one thread); thread 0 writes the results:
 
 .. math::
 
@@ -17,38 +20,63 @@ and for backward, with :math:`S = \sum dy`, :math:`P = \sum dy(x-\mu)`,
 """
 import math
 
-from ._merge import chan_merge
+from numba import float64
+
+from ._merge import chan_merge, tree_merge, tree_sum
 from ._runtime import cuda
+from .config import MAX_THREADS
 
 
 @cuda.jit(device=True)
-def merge_channel(part_n, part_mean, part_m2, c, Bp):
+def merge_channel(part_n, part_mean, part_m2, Bp):
+    """Merge the partials of channel ``blockIdx.x``; every thread gets ``(n, mean, M2)``."""
+    c = cuda.blockIdx.x
+    t = cuda.threadIdx.x
     n = 0.0
     mean = 0.0
     m2 = 0.0
-    for s in range(part_n.shape[0]):
-        for b in range(c * Bp, (c + 1) * Bp):
-            n, mean, m2 = chan_merge(n, mean, m2, part_n[s, b], part_mean[s, b], part_m2[s, b])
-    return n, mean, m2
+    for e in range(t, part_n.shape[0] * Bp, cuda.blockDim.x):
+        s = e // Bp
+        k = c * Bp + (e - s * Bp)
+        n, mean, m2 = chan_merge(n, mean, m2, part_n[s, k], part_mean[s, k], part_m2[s, k])
+    sh_n = cuda.shared.array(MAX_THREADS, float64)
+    sh_mean = cuda.shared.array(MAX_THREADS, float64)
+    sh_m2 = cuda.shared.array(MAX_THREADS, float64)
+    sh_n[t] = n
+    sh_mean[t] = mean
+    sh_m2[t] = m2
+    cuda.syncthreads()
+    tree_merge(sh_n, sh_mean, sh_m2, 0, t, 1, cuda.blockDim.x)
+    return sh_n[0], sh_mean[0], sh_m2[0]
 
 
 @cuda.jit(device=True)
-def sum_channel(part_a, part_b, c, Bp):
+def sum_channel(part_a, part_b, Bp):
+    """Sum the partials of channel ``blockIdx.x``; every thread gets both sums."""
+    c = cuda.blockIdx.x
+    t = cuda.threadIdx.x
     sa = 0.0
     sb = 0.0
-    for s in range(part_a.shape[0]):
-        for b in range(c * Bp, (c + 1) * Bp):
-            sa += part_a[s, b]
-            sb += part_b[s, b]
-    return sa, sb
+    for e in range(t, part_a.shape[0] * Bp, cuda.blockDim.x):
+        s = e // Bp
+        k = c * Bp + (e - s * Bp)
+        sa += part_a[s, k]
+        sb += part_b[s, k]
+    sh_a = cuda.shared.array(MAX_THREADS, float64)
+    sh_b = cuda.shared.array(MAX_THREADS, float64)
+    sh_a[t] = sa
+    sh_b[t] = sb
+    cuda.syncthreads()
+    tree_sum(sh_a, sh_b, 0, t, 1, cuda.blockDim.x)
+    return sh_a[0], sh_b[0]
 
 
 @cuda.jit
 def welford_stats(part_n, part_mean, part_m2, Bp, out):
     """``out[0] = mean``, ``out[1] = M2`` (float64, shape (2, C))."""
-    c = cuda.grid(1)
-    if c < out.shape[1]:
-        _, mean, m2 = merge_channel(part_n, part_mean, part_m2, c, Bp)
+    c = cuda.blockIdx.x
+    _, mean, m2 = merge_channel(part_n, part_mean, part_m2, Bp)
+    if cuda.threadIdx.x == 0:
         out[0, c] = mean
         out[1, c] = m2
 
@@ -56,9 +84,9 @@ def welford_stats(part_n, part_mean, part_m2, Bp, out):
 @cuda.jit
 def moment_stats(part_n, part_mean, part_m2, Bp, ddof, out):
     """``out[0] = mean``, ``out[1] = M2 / (n - ddof)``; NaN where ``n <= ddof``."""
-    c = cuda.grid(1)
-    if c < out.shape[1]:
-        n, mean, m2 = merge_channel(part_n, part_mean, part_m2, c, Bp)
+    c = cuda.blockIdx.x
+    n, mean, m2 = merge_channel(part_n, part_mean, part_m2, Bp)
+    if cuda.threadIdx.x == 0:
         out[0, c] = mean
         out[1, c] = m2 / (n - ddof) if n > ddof else math.nan
 
@@ -71,9 +99,9 @@ def train_stats(part_n, part_mean, part_m2, Bp, eps, momentum, update_running,
     ``saved[0], saved[1]`` = mean, invstd in the saved dtype; ``coef`` the same
     in float64 for the normalize kernel; running buffers blended when asked.
     """
-    c = cuda.grid(1)
-    if c < coef.shape[1]:
-        n, mean, m2 = merge_channel(part_n, part_mean, part_m2, c, Bp)
+    c = cuda.blockIdx.x
+    n, mean, m2 = merge_channel(part_n, part_mean, part_m2, Bp)
+    if cuda.threadIdx.x == 0:
         invstd = 1.0 / math.sqrt(m2 / n + eps)
         saved[0, c] = mean
         saved[1, c] = invstd
@@ -88,9 +116,9 @@ def train_stats(part_n, part_mean, part_m2, Bp, eps, momentum, update_running,
 @cuda.jit
 def sum_stats(part_dy, part_dyx, Bp, out):
     r"""``out[0]`` = :math:`\sum dy`, ``out[1]`` = :math:`\sum dy(x-\mu)` (float64, (2, C))."""
-    c = cuda.grid(1)
-    if c < out.shape[1]:
-        s_dy, s_dyx = sum_channel(part_dy, part_dyx, c, Bp)
+    c = cuda.blockIdx.x
+    s_dy, s_dyx = sum_channel(part_dy, part_dyx, Bp)
+    if cuda.threadIdx.x == 0:
         out[0, c] = s_dy
         out[1, c] = s_dyx
 
@@ -99,9 +127,9 @@ def sum_stats(part_dy, part_dyx, Bp, out):
 def backward_stats(part_dy, part_dyx, Bp, count, invstd, weight, has_weight, training,
                    grads, coef):
     """``grads[0], grads[1]`` = dweight, dbias; ``coef[0:3]`` = k_dy, k_x, k_0 (float64)."""
-    c = cuda.grid(1)
-    if c < coef.shape[1]:
-        s_dy, s_dyx = sum_channel(part_dy, part_dyx, c, Bp)
+    c = cuda.blockIdx.x
+    s_dy, s_dyx = sum_channel(part_dy, part_dyx, Bp)
+    if cuda.threadIdx.x == 0:
         inv = float(invstd[c])
         k_dy = inv * float(weight[c]) if has_weight else inv
         grads[0, c] = s_dyx * inv

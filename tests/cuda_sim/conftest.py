@@ -26,4 +26,5 @@ def small_launches(monkeypatch):
         monkeypatch.setattr(config, "THREADS_PER_BLOCK", 16)
         monkeypatch.setattr(config, "MIN_VALUES_PER_THREAD", 2)
         monkeypatch.setattr(config, "ROWS_PER_THREAD", 2)
+        monkeypatch.setattr(config, "FINALIZE_THREADS", 4)
 
