@@ -15,7 +15,10 @@ and float32 input) or float64, block and grid merges are float64.  Block
 merges are shared-memory trees with ``syncthreads`` and no warp shuffles, so
 they also run under the CUDA simulator.
 """
+from numba import float64
+
 from ._runtime import cuda
+from .config import MAX_THREADS
 
 
 @cuda.jit(device=True)
@@ -75,3 +78,35 @@ def advance(a, b, da, db, B):
         b -= B
         a += 1
     return a, b
+
+
+@cuda.jit(device=True)
+def block_merge(n, mean, m2, lane, row, width, height):
+    """Merge the summaries of a (height, width) block's threads down its rows.
+
+    Every thread of the block calls it; each gets the merged summary of its
+    column ``lane``.  A 1-D block is ``lane = 0, row = t, width = 1``.
+    """
+    sh_n = cuda.shared.array(MAX_THREADS, float64)
+    sh_mean = cuda.shared.array(MAX_THREADS, float64)
+    sh_m2 = cuda.shared.array(MAX_THREADS, float64)
+    i = row * width + lane
+    sh_n[i] = n
+    sh_mean[i] = mean
+    sh_m2[i] = m2
+    cuda.syncthreads()
+    tree_merge(sh_n, sh_mean, sh_m2, lane, row, width, height)
+    return sh_n[lane], sh_mean[lane], sh_m2[lane]
+
+
+@cuda.jit(device=True)
+def block_sum(a, b, lane, row, width, height):
+    """Sum two values over the rows of a (height, width) block, as :func:`block_merge`."""
+    sh_a = cuda.shared.array(MAX_THREADS, float64)
+    sh_b = cuda.shared.array(MAX_THREADS, float64)
+    i = row * width + lane
+    sh_a[i] = a
+    sh_b[i] = b
+    cuda.syncthreads()
+    tree_sum(sh_a, sh_b, lane, row, width, height)
+    return sh_a[lane], sh_b[lane]

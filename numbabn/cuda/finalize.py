@@ -20,11 +20,8 @@ and for backward, with :math:`S = \sum dy`, :math:`P = \sum dy(x-\mu)`,
 """
 import math
 
-from numba import float64
-
-from ._merge import chan_merge, tree_merge, tree_sum
+from ._merge import block_merge, block_sum, chan_merge
 from ._runtime import cuda
-from .config import MAX_THREADS
 
 
 @cuda.jit(device=True)
@@ -39,15 +36,7 @@ def merge_channel(part_n, part_mean, part_m2, Bp):
         s = e // Bp
         k = c * Bp + (e - s * Bp)
         n, mean, m2 = chan_merge(n, mean, m2, part_n[s, k], part_mean[s, k], part_m2[s, k])
-    sh_n = cuda.shared.array(MAX_THREADS, float64)
-    sh_mean = cuda.shared.array(MAX_THREADS, float64)
-    sh_m2 = cuda.shared.array(MAX_THREADS, float64)
-    sh_n[t] = n
-    sh_mean[t] = mean
-    sh_m2[t] = m2
-    cuda.syncthreads()
-    tree_merge(sh_n, sh_mean, sh_m2, 0, t, 1, cuda.blockDim.x)
-    return sh_n[0], sh_mean[0], sh_m2[0]
+    return block_merge(n, mean, m2, 0, t, 1, cuda.blockDim.x)
 
 
 @cuda.jit(device=True)
@@ -62,13 +51,7 @@ def sum_channel(part_a, part_b, Bp):
         k = c * Bp + (e - s * Bp)
         sa += part_a[s, k]
         sb += part_b[s, k]
-    sh_a = cuda.shared.array(MAX_THREADS, float64)
-    sh_b = cuda.shared.array(MAX_THREADS, float64)
-    sh_a[t] = sa
-    sh_b[t] = sb
-    cuda.syncthreads()
-    tree_sum(sh_a, sh_b, 0, t, 1, cuda.blockDim.x)
-    return sh_a[0], sh_b[0]
+    return block_sum(sa, sb, 0, t, 1, cuda.blockDim.x)
 
 
 @cuda.jit

@@ -28,9 +28,8 @@ memory traffic.
 """
 from numba import float64
 
-from ._merge import advance, chan_merge, tree_merge, tree_sum
+from ._merge import advance, block_merge, block_sum, chan_merge
 from ._runtime import cuda
-from .config import MAX_THREADS
 
 
 @cuda.jit(device=True)
@@ -85,18 +84,11 @@ def moments_planes(x, part_n, part_mean, part_m2):
         n, mean, m2 = chan_merge(n, mean, m2, float64(1), float64(x[a, c, b]), float64(0))
         a, b = advance(a, b, da, db, B)
         j += stride
-    sh_n = cuda.shared.array(MAX_THREADS, float64)
-    sh_mean = cuda.shared.array(MAX_THREADS, float64)
-    sh_m2 = cuda.shared.array(MAX_THREADS, float64)
-    sh_n[t] = n
-    sh_mean[t] = mean
-    sh_m2[t] = m2
-    cuda.syncthreads()
-    tree_merge(sh_n, sh_mean, sh_m2, 0, t, 1, cuda.blockDim.x)
+    n, mean, m2 = block_merge(n, mean, m2, 0, t, 1, cuda.blockDim.x)
     if t == 0:
-        part_n[s, c] = sh_n[0]
-        part_mean[s, c] = sh_mean[0]
-        part_m2[s, c] = sh_m2[0]
+        part_n[s, c] = n
+        part_mean[s, c] = mean
+        part_m2[s, c] = m2
 
 
 @cuda.jit(device=True)
@@ -109,14 +101,6 @@ def row_walk():
     k = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     a = cuda.blockIdx.y * height + cuda.threadIdx.y
     return k, a, height * cuda.gridDim.y
-
-
-@cuda.jit(device=True)
-def tile_slot():
-    """``(lane, row, i)``: a rows-kernel thread's place in its block's shared tile."""
-    lane = cuda.threadIdx.x
-    row = cuda.threadIdx.y
-    return lane, row, row * cuda.blockDim.x + lane
 
 
 @cuda.jit
@@ -138,19 +122,13 @@ def moments_rows(x, part_n, part_mean, part_m2):
         while a < A:
             n, mean, m2 = chan_merge(n, mean, m2, float64(1), float64(x[a, k]), float64(0))
             a += stride
-    sh_n = cuda.shared.array(MAX_THREADS, float64)
-    sh_mean = cuda.shared.array(MAX_THREADS, float64)
-    sh_m2 = cuda.shared.array(MAX_THREADS, float64)
-    lane, row, i = tile_slot()
-    sh_n[i] = n
-    sh_mean[i] = mean
-    sh_m2[i] = m2
-    cuda.syncthreads()
-    tree_merge(sh_n, sh_mean, sh_m2, lane, row, cuda.blockDim.x, cuda.blockDim.y)
+    lane = cuda.threadIdx.x
+    row = cuda.threadIdx.y
+    n, mean, m2 = block_merge(n, mean, m2, lane, row, cuda.blockDim.x, cuda.blockDim.y)
     if row == 0 and k < K:
-        part_n[cuda.blockIdx.y, k] = sh_n[lane]
-        part_mean[cuda.blockIdx.y, k] = sh_mean[lane]
-        part_m2[cuda.blockIdx.y, k] = sh_m2[lane]
+        part_n[cuda.blockIdx.y, k] = n
+        part_mean[cuda.blockIdx.y, k] = mean
+        part_m2[cuda.blockIdx.y, k] = m2
 
 
 @cuda.jit
@@ -178,15 +156,10 @@ def sums_planes(dy, x, mean, part_dy, part_dyx):
         g0 = float64(dy[a, c, b])
         s_dy += g0
         s_dyx += g0 * (float64(x[a, c, b]) - mu)
-    sh_dy = cuda.shared.array(MAX_THREADS, float64)
-    sh_dyx = cuda.shared.array(MAX_THREADS, float64)
-    sh_dy[t] = s_dy
-    sh_dyx[t] = s_dyx
-    cuda.syncthreads()
-    tree_sum(sh_dy, sh_dyx, 0, t, 1, cuda.blockDim.x)
+    s_dy, s_dyx = block_sum(s_dy, s_dyx, 0, t, 1, cuda.blockDim.x)
     if t == 0:
-        part_dy[s, c] = sh_dy[0]
-        part_dyx[s, c] = sh_dyx[0]
+        part_dy[s, c] = s_dy
+        part_dyx[s, c] = s_dyx
 
 
 @cuda.jit
@@ -210,13 +183,9 @@ def sums_rows(dy, x, B, mean, part_dy, part_dyx):
             g0 = float64(dy[a, k])
             s_dy += g0
             s_dyx += g0 * (float64(x[a, k]) - mu)
-    sh_dy = cuda.shared.array(MAX_THREADS, float64)
-    sh_dyx = cuda.shared.array(MAX_THREADS, float64)
-    lane, row, i = tile_slot()
-    sh_dy[i] = s_dy
-    sh_dyx[i] = s_dyx
-    cuda.syncthreads()
-    tree_sum(sh_dy, sh_dyx, lane, row, cuda.blockDim.x, cuda.blockDim.y)
+    lane = cuda.threadIdx.x
+    row = cuda.threadIdx.y
+    s_dy, s_dyx = block_sum(s_dy, s_dyx, lane, row, cuda.blockDim.x, cuda.blockDim.y)
     if row == 0 and k < K:
-        part_dy[cuda.blockIdx.y, k] = sh_dy[lane]
-        part_dyx[cuda.blockIdx.y, k] = sh_dyx[lane]
+        part_dy[cuda.blockIdx.y, k] = s_dy
+        part_dyx[cuda.blockIdx.y, k] = s_dyx
