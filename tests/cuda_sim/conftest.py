@@ -1,7 +1,7 @@
 """The CUDA suite: runs under the CUDA simulator (CI) or on a real GPU.
 
 It needs its own process: ``NUMBA_ENABLE_CUDASIM=1`` must be set before
-numba is first imported (``tests/test_cuda_simulator.py`` starts it).  Under
+numba is first imported (``tests/test_cuda_dispatch.py`` starts it).  Under
 the simulator, every CUDA thread is a Python thread, so the launch tunables
 are patched down: tiny inputs then span several blocks in every grid
 dimension.
@@ -9,15 +9,17 @@ dimension.
 import pytest
 
 from numbabn._dispatch import cuda_available
-
-if not cuda_available():
-    pytest.skip("neither a CUDA GPU nor the CUDA simulator is available",
-                allow_module_level=True)
-
-from numbabn.cuda import _runtime as rt  # noqa: E402
-from numbabn.cuda import config  # noqa: E402
+from numbabn.cuda import _runtime as rt
+from numbabn.cuda import config
 
 SIMULATED = rt.SIMULATED
+
+
+def pytest_collection_modifyitems(items):
+    if not cuda_available():
+        skip = pytest.mark.skip(reason="neither a CUDA GPU nor the CUDA simulator is available")
+        for item in items:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
