@@ -63,6 +63,12 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
     out : ndarray, keyword-only, optional
         Written with the result and returned; same shape and dtype as ``x``.
     device : {"auto", "cpu", "cuda"}, keyword-only
+        "auto" runs where ``x`` lives: CUDA for a device array (anything with
+        ``__cuda_array_interface__``; results are Numba device arrays), else
+        the CPU.  "cuda" with a NumPy ``x`` copies it to the GPU and returns
+        NumPy arrays.  Small host vectors (weight, bias, running buffers) go
+        with a device ``x`` automatically; ``dy`` and ``out`` must live where
+        ``x`` does.
 
     Returns
     -------
