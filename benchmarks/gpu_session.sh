@@ -30,9 +30,14 @@ step "numbabn check"
 timeout 120 python3 -m numbabn check 2>&1 | tee "$LOGS/check.txt" | tail -4 || status=1
 
 step "compute-sanitizer (memcheck, racecheck) at small shapes"
+# the CUDA cases of `numbabn check` only: forward, backward and moments, f32 and f64
+CUDA_CASES='from numbabn import _selfcheck as s
+for dtype in ("float32", "float64"):
+    for shape, axis in s.CASES:
+        print(dtype, shape, axis, s.run_case("cuda", shape, axis, dtype))'
 for tool in memcheck racecheck; do
   timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 9 \
-    python3 -m numbabn check > "$LOGS/sanitizer-$tool.txt" 2>&1
+    python3 -c "$CUDA_CASES" > "$LOGS/sanitizer-$tool.txt" 2>&1
   rc=$?
   echo "$tool: exit $rc ($(grep -c 'ERROR SUMMARY: 0 errors' "$LOGS/sanitizer-$tool.txt") clean summaries)"
   grep -m3 "ERROR SUMMARY\|RACE REPORT\|Invalid" "$LOGS/sanitizer-$tool.txt"
