@@ -17,23 +17,35 @@ class CudaUnavailableError(RuntimeError):
     """CUDA was asked for (``device="cuda"`` or a device array) but cannot be used here."""
 
 
+#: Packages whose array types always live on a device (unlike torch.Tensor, whose
+#: CPU tensors raise on ``__cuda_array_interface__``): their answer is kept per type.
+_DEVICE_ONLY_PACKAGES = ("numba", "cupy")
+_device_types = set()
+
+
 def is_device_array(a):
     """True for arrays that live on a CUDA device.
 
     That is anything exposing ``__cuda_array_interface__`` (Numba, CuPy,
     PyTorch CUDA tensors) and, under the CUDA simulator, its ``FakeCUDAArray``.
     Never imports ``numba.cuda``: a simulator array can only exist once the
-    simulator module is loaded.
+    simulator module is loaded.  Called several times per call, so Numba and
+    CuPy arrays are recognised by type, without building their interface dict.
     """
     if a is None or isinstance(a, np.ndarray):
         return False
+    if type(a) in _device_types:
+        return True
     try:
-        if hasattr(a, "__cuda_array_interface__"):
-            return True
+        found = hasattr(a, "__cuda_array_interface__")
     except Exception:  # a property that raises for host tensors
         return False
-    simulator = sys.modules.get(_SIMULATOR_ARRAYS)
-    return simulator is not None and isinstance(a, simulator.FakeCUDAArray)
+    if not found:
+        simulator = sys.modules.get(_SIMULATOR_ARRAYS)
+        found = simulator is not None and isinstance(a, simulator.FakeCUDAArray)
+    if found and type(a).__module__.split(".")[0] in _DEVICE_ONLY_PACKAGES:
+        _device_types.add(type(a))
+    return found
 
 
 def cuda_available():
