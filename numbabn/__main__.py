@@ -1,4 +1,4 @@
-"""Command line: ``python -m numbabn info | check``."""
+"""Command line: ``python -m numbabn info | check | demo``."""
 import argparse
 import sys
 
@@ -10,6 +10,13 @@ def build_parser():
     commands.add_parser(
         "check", help="run every available backend against a float64 reference; exit 1 on failure"
     )
+    demo = commands.add_parser(
+        "demo", help="train a NumPy MLP on scikit-learn's digits with and without BatchNorm1d"
+    )
+    demo.add_argument("--out", default="numbabn-demo.png", help="where to save the loss plot (PNG)")
+    demo.add_argument("--epochs", type=int, default=30)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quick", action="store_true", help="3 epochs on a subset (smoke test)")
     return parser
 
 
@@ -23,6 +30,10 @@ def main(argv=None):
         from . import _selfcheck
 
         return _selfcheck.main()
+    if args.command == "demo":
+        from . import _demo
+
+        return _demo.main(out=args.out, epochs=args.epochs, seed=args.seed, quick=args.quick)
     raise AssertionError(args.command)
 
 

@@ -71,6 +71,19 @@ def _cuda_backend():
     return backend
 
 
+def check_placement(x, **arrays):
+    """Raise ``ValueError`` unless each array (None: absent) lives where ``x`` lives."""
+    on_device = is_device_array(x)
+    for name, a in arrays.items():
+        if a is not None and is_device_array(a) != on_device:
+            where = ("on the host", "a CUDA device array") if on_device else (
+                "a CUDA device array", "on the host")
+            raise ValueError(
+                f"{name} is {where[0]} but x is {where[1]}; full-size arrays must live "
+                "where x lives (copy one of them first)"
+            )
+
+
 def select_backend(device, x, *arrays):
     """Return the backend module for ``device`` ("auto", "cpu" or "cuda") and input ``x``.
 
@@ -81,15 +94,8 @@ def select_backend(device, x, *arrays):
     """
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    check_placement(x, **dict(zip(("dy", "out"), arrays)))
     on_device = is_device_array(x)
-    for name, a in zip(("dy", "out"), arrays):
-        if a is not None and is_device_array(a) != on_device:
-            where = ("on the host", "a CUDA device array") if on_device else (
-                "a CUDA device array", "on the host")
-            raise ValueError(
-                f"{name} is {where[0]} but x is {where[1]}; full-size arrays must live "
-                "where x lives (copy one of them first)"
-            )
     if device == "auto":
         device = "cuda" if on_device else "cpu"
     if device == "cuda":

@@ -27,6 +27,7 @@ import numpy as np
 from numba import float32, float64
 
 from .. import _channel_math as cm
+from .._dispatch import check_placement
 from .._validate import Layout, stats_dtype
 from . import _grid, elementwise, finalize, reduce
 from . import _runtime as rt
@@ -41,6 +42,11 @@ _ACCUMULATOR = {np.dtype(np.float16): float32, np.dtype(np.float32): float32,
 def asarray(a):
     """A device view of a device array (no copy), else a NumPy array."""
     return rt.device_view(a) if rt.is_device_array(a) else np.asarray(a)
+
+
+def to_device(a):
+    """``a`` on the device: a device array as it is (a view), a host one copied, dtype kept."""
+    return rt.device_view(a) if rt.is_device_array(a) else rt.to_device(np.asarray(a))
 
 
 # -- placement --------------------------------------------------------------------
@@ -78,6 +84,7 @@ def _plan(lay, x, **arrays):
     order (the channel axis innermost, as a PyTorch ``channels_last`` tensor):
     those are read as their contiguous (A*B, C, 1) view.
     """
+    check_placement(x, **arrays)
     if not rt.is_device_array(x):
         return _Plan(lay, True, False)
     orders = {}
