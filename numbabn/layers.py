@@ -362,7 +362,7 @@ class BatchNorm:
             return self
         if device == "cuda":
             backend = _dispatch.select_backend("cuda", None)
-            move = backend.asarray
+            move = backend.to_device
         else:
             move = _to_host
         names = ("weight", "bias", "running_mean", "running_var")
@@ -377,7 +377,7 @@ class BatchNorm:
     def _to_device(self, host_array):
         if self.device == "cpu":
             return host_array
-        return _dispatch.select_backend("cuda", None).asarray(host_array)
+        return _dispatch.select_backend("cuda", None).to_device(host_array)
 
     def __repr__(self):
         return (
