@@ -408,12 +408,7 @@ class BatchNorm3d(BatchNorm):
 
 def _to_cuda(a):
     """A device copy of a host array; raises CudaUnavailableError where CUDA cannot be used."""
-    if _dispatch.is_device_array(a):
-        return a
-    _dispatch.select_backend("cuda", None)  # raises when there is no usable CUDA backend
-    from .cuda import _runtime
-
-    return _runtime.to_device(a)
+    return _dispatch.select_backend("cuda", None).to_device(a)
 
 
 def _to_host(a):
