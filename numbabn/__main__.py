@@ -3,6 +3,13 @@ import argparse
 import sys
 
 
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m numbabn", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -14,7 +21,7 @@ def build_parser():
         "demo", help="train a NumPy MLP on scikit-learn's digits with and without BatchNorm1d"
     )
     demo.add_argument("--out", default="numbabn-demo.png", help="where to save the loss plot (PNG)")
-    demo.add_argument("--epochs", type=int, default=30)
+    demo.add_argument("--epochs", type=_positive_int, default=30)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quick", action="store_true", help="3 epochs on a subset (smoke test)")
     return parser

@@ -360,11 +360,7 @@ class BatchNorm:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if device == self.device:
             return self
-        if device == "cuda":
-            backend = _dispatch.select_backend("cuda", None)
-            move = backend.to_device
-        else:
-            move = _to_host
+        move = _to_cuda if device == "cuda" else _to_host
         names = ("weight", "bias", "running_mean", "running_var")
         moved = {n: move(getattr(self, n)) for n in names if getattr(self, n) is not None}
         for name, value in moved.items():
@@ -375,9 +371,8 @@ class BatchNorm:
         return self
 
     def _to_device(self, host_array):
-        if self.device == "cpu":
-            return host_array
-        return _dispatch.select_backend("cuda", None).to_device(host_array)
+        """``host_array`` where the layer's arrays live."""
+        return host_array if self.device == "cpu" else _to_cuda(host_array)
 
     def __repr__(self):
         return (
@@ -409,6 +404,11 @@ class BatchNorm3d(BatchNorm):
     def _check_input_dim(self, x):
         if x.ndim != 5:
             raise ValueError(f"expected 5D input (got {x.ndim}D input)")
+
+
+def _to_cuda(a):
+    """A device copy of a host array; raises CudaUnavailableError where CUDA cannot be used."""
+    return _dispatch.select_backend("cuda", None).to_device(a)
 
 
 def _to_host(a):

@@ -21,6 +21,12 @@ def test_quick_demo_prints_the_table_and_saves_the_plot(tmp_path, capsys):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_epochs_must_be_positive(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--epochs", "0"])
+    assert "must be at least 1" in capsys.readouterr().err
+
+
 def test_cross_entropy_gradient_matches_finite_differences(rng):
     logits = rng.standard_normal((5, 10))
     labels = rng.integers(0, 10, 5)
