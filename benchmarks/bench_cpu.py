@@ -2,7 +2,7 @@
 
 Parameterised over shape, layout (channels-first ``axis=1`` or channels-last
 ``axis=-1``), dtype and operation.  The default parameter lists are short so
-that ``asv run --quick`` takes a few minutes; ``NUMBABN_ASV_FULL=1`` selects
+that ``asv run --quick`` takes a few minutes; ``NUMBABN_BENCH_FULL=1`` selects
 the shapes of the performance issue (and float64).
 
 Only the public API is used, so the suite also measures older commits.
@@ -13,7 +13,7 @@ import numpy as np
 
 import numbabn as nbn
 
-FULL = os.environ.get("NUMBABN_ASV_FULL", "") not in ("", "0")
+FULL = os.environ.get("NUMBABN_BENCH_FULL", "") not in ("", "0")
 
 if FULL:
     SHAPES = ["32x64x56x56", "64x256x14x14", "8x32x128x128", "4x512x7x7", "256x1024",

@@ -4,15 +4,33 @@ Importing the package compiles nothing; kernels compile on first use and are
 cached on disk.
 """
 from ._dispatch import CudaUnavailableError, cuda_available
+from ._state_io import load, save
+from .distributed import (
+    RankInputError,
+    SyncBatchNorm,
+    sync_batch_norm_backward,
+    sync_batch_norm_forward,
+)
 from .functional import batch_norm, batch_norm_backward, batch_norm_forward, channel_moments
+from .layers import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchNorm",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
     "CudaUnavailableError",
+    "RankInputError",
+    "SyncBatchNorm",
     "batch_norm",
     "batch_norm_backward",
     "batch_norm_forward",
     "channel_moments",
     "cuda_available",
+    "load",
+    "save",
+    "sync_batch_norm_backward",
+    "sync_batch_norm_forward",
 ]

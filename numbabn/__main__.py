@@ -1,6 +1,13 @@
-"""Command line: ``python -m numbabn info | check | bench``."""
+"""Command line: ``python -m numbabn info | check | demo | bench``."""
 import argparse
 import sys
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser():
@@ -10,6 +17,13 @@ def build_parser():
     commands.add_parser(
         "check", help="run every available backend against a float64 reference; exit 1 on failure"
     )
+    demo = commands.add_parser(
+        "demo", help="train a NumPy MLP on scikit-learn's digits with and without BatchNorm1d"
+    )
+    demo.add_argument("--out", default="numbabn-demo.png", help="where to save the loss plot (PNG)")
+    demo.add_argument("--epochs", type=_positive_int, default=30)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quick", action="store_true", help="3 epochs on a subset (smoke test)")
     bench = commands.add_parser(
         "bench", help="time numbabn against NumPy and PyTorch on this machine (about a minute)"
     )
@@ -33,6 +47,10 @@ def main(argv=None):
         from . import _selfcheck
 
         return _selfcheck.main()
+    if args.command == "demo":
+        from . import _demo
+
+        return _demo.main(out=args.out, epochs=args.epochs, seed=args.seed, quick=args.quick)
     if args.command == "bench":
         from . import _bench
 

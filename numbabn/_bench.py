@@ -184,15 +184,11 @@ def torch_ops(torch, inp):
 
 
 def load_torch():
-    """torch, set to Numba's thread count, or None when it is not installed."""
+    """torch, or None when it is not installed."""
     try:
         import torch
     except ImportError:
         return None
-    import numba
-
-    torch.set_num_threads(numba.get_num_threads())
-    torch.set_grad_enabled(False)
     return torch
 
 
@@ -246,6 +242,20 @@ def run(cases, ops, dtype, budget, copy_bytes, progress=print):
     import numba
 
     torch = load_torch()
+    torch_threads = None
+    if torch is not None:  # as many threads as Numba; restored afterwards
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(numba.get_num_threads())
+    try:
+        return _run(cases, ops, dtype, budget, copy_bytes, progress, torch)
+    finally:
+        if torch_threads is not None:
+            torch.set_num_threads(torch_threads)
+
+
+def _run(cases, ops, dtype, budget, copy_bytes, progress, torch):
+    import numba
+
     progress(f"copy bandwidth: copying {copy_bytes / 2**20:.0f} MiB ...")
     bandwidth = copy_bandwidth(copy_bytes, budget)
     results = []

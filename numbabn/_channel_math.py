@@ -7,6 +7,34 @@ before it applies them.
 import numpy as np
 
 
+def chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
+    r"""Merge two ``(count, mean, M2)`` summaries with Chan's pairwise update.
+
+    .. math::
+
+        n = n_a + n_b,\quad \delta = \bar x_b - \bar x_a,\quad
+        \bar x = \frac{n_a \bar x_a + n_b \bar x_b}{n},\quad
+        M_2 = M_{2,a} + M_{2,b} + \delta^2 \frac{n_a n_b}{n}
+
+    (Chan, Golub and LeVeque, 1979).  The counts are scalars; the means and
+    M2 may be scalars or per-channel arrays.  Plain Python, so the CPU kernels
+    compile it with ``njit`` and the MPI layer calls it on (C,) vectors: one
+    formula, one rounding behaviour.  An empty side returns the other side
+    unchanged.
+    """
+    n = n_a + n_b
+    if n_b == 0:
+        return n_a, mean_a, m2_a
+    if n_a == 0:
+        return n_b, mean_b, m2_b
+    delta = mean_b - mean_a
+    # The weighted mean (not mean_a + delta * n_b / n) keeps an infinite
+    # piece mean infinite, as a plain sum would, instead of turning it to NaN.
+    mean = (n_a * mean_a + n_b * mean_b) / n
+    m2 = m2_a + m2_b + delta * delta * (n_a * (n_b / n))
+    return n, mean, m2
+
+
 def invstd_from_var(var, eps):
     r""":math:`\sigma^{-1} = 1 / \sqrt{\mathrm{var} + \epsilon}`."""
     return 1.0 / np.sqrt(var + eps)

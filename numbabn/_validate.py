@@ -121,9 +121,13 @@ def ddof_value(ddof):
     return int(ddof)
 
 
-def training_count(lay, shape):
-    """Training needs more than one value per channel (PyTorch's rule and message)."""
+def training_count(lay, shape, where=""):
+    """Training needs more than one value per channel (PyTorch's rule and message).
+
+    ``where`` is appended to the message (the MPI layer names the global batch).
+    """
     if lay.count <= 1:
         raise ValueError(
             f"Expected more than 1 value per channel when training, got input size {tuple(shape)}"
+            + where
         )

@@ -63,6 +63,12 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
     out : ndarray, keyword-only, optional
         Written with the result and returned; same shape and dtype as ``x``.
     device : {"auto", "cpu", "cuda"}, keyword-only
+        "auto" runs where ``x`` lives: CUDA for a device array (anything with
+        ``__cuda_array_interface__``; results are Numba device arrays), else
+        the CPU.  "cuda" with a NumPy ``x`` copies it to the GPU and returns
+        NumPy arrays.  Small host vectors (weight, bias, running buffers) go
+        with a device ``x`` automatically; ``dy`` and ``out`` must live where
+        ``x`` does.
 
     Returns
     -------
@@ -73,7 +79,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
     -----
     ``x``: (A..., C, B...) with C on ``axis``; ``y``: the same.
     """
-    backend = select_backend(device, x)
+    backend = select_backend(device, x, None, out)
     x = _float_input(backend, "x", x)
     lay = v.layout(x.shape, axis)
     running_mean, running_var, weight, bias = _channel_inputs(
@@ -117,7 +123,7 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=1, out=None,
     mean, invstd : ndarray of shape (C,)
         float64 for float64 input, else float32.
     """
-    backend = select_backend(device, x)
+    backend = select_backend(device, x, None, out)
     x = _float_input(backend, "x", x)
     lay = v.layout(x.shape, axis)
     weight, bias, running_mean, running_var = _channel_inputs(
@@ -172,7 +178,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, training=Tr
     dweight, dbias : ndarray of shape (C,)
         In ``weight``'s dtype; without weight, float64 for float64 input, else float32.
     """
-    backend = select_backend(device, x)
+    backend = select_backend(device, x, dy, out)
     x = _float_input(backend, "x", x)
     dy = _float_input(backend, "dy", dy)
     lay = v.layout(x.shape, axis)

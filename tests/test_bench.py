@@ -89,3 +89,10 @@ def test_numpy_contender_is_batch_norm():
     grads = nbn.batch_norm_backward(inp.dy, inp.x, mean, invstd, inp.weight, axis=-1)
     for got, want in zip(ops["backward"](), grads):
         np.testing.assert_allclose(np.ravel(got), np.ravel(want), rtol=1e-9, atol=1e-10)
+
+
+def test_bench_leaves_torch_settings_alone(capsys, fast):
+    torch = pytest.importorskip("torch")
+    before = (torch.is_grad_enabled(), torch.get_num_threads())
+    assert cli.main(["bench", "--shapes", "40x8", "--ops", "train"]) == 0
+    assert (torch.is_grad_enabled(), torch.get_num_threads()) == before

@@ -23,25 +23,14 @@ large common offset (``1e4 + N(0, 1)``) costs no accuracy.
 import numpy as np
 from numba import float64, njit, prange, uint64
 
+from .. import _channel_math
 from ._chunks import (
     ROWS_MAX_B, channel_pieces, lanes_for, piece_bounds, row_pieces, serial,
 )
 
 
-@njit(cache=True)
-def chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
-    """Merge two (count, mean, M2) summaries; returns the merged triple."""
-    n = n_a + n_b
-    if n_b == 0:
-        return n_a, mean_a, m2_a
-    if n_a == 0:
-        return n_b, mean_b, m2_b
-    delta = mean_b - mean_a
-    # The weighted mean (not mean_a + delta * n_b / n) keeps an infinite
-    # piece mean infinite, as a plain sum would, instead of turning it to NaN.
-    mean = (n_a * mean_a + n_b * mean_b) / n
-    m2 = m2_a + m2_b + delta * delta * (n_a * (n_b / n))
-    return n, mean, m2
+#: Chan's merge of two (count, mean, M2) summaries, compiled for the kernels.
+chan_merge = njit(cache=True)(_channel_math.chan_merge)
 
 
 @njit(cache=True)
