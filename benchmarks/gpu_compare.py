@@ -28,11 +28,11 @@ def copy_bandwidth(torch, nbytes=1 << 30, reps=20):
     """Device-to-device copy bandwidth in bytes/s, counting bytes read and written."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device="cuda").uniform_()
     dst = torch.empty_like(src)
-    ms = time_ms(torch, lambda i: dst.copy_(src), reps)
+    ms = event_ms(torch, lambda i: dst.copy_(src), reps)
     return 2 * nbytes / (ms * 1e-3)
 
 
-def time_ms(torch, fn, reps, warmup=3):
+def event_ms(torch, fn, reps, warmup=3):
     """Median milliseconds of ``fn(i)`` over ``reps`` calls, with CUDA events."""
     for i in range(warmup):
         fn(i)
@@ -103,8 +103,8 @@ def compare_shape(torch, nbn, shape, channels_last, reps, bandwidth):
     for name, tfn, nfn, passes in [("fwd", t_forward, n_forward, 3),
                                    ("bwd", t_backward, n_backward, 5),
                                    ("inf", t_infer, n_infer, 2)]:
-        row[name + "_torch"] = time_ms(torch, tfn, reps)
-        row[name + "_nbn"] = time_ms(torch, nfn, reps)
+        row[name + "_torch"] = event_ms(torch, tfn, reps)
+        row[name + "_nbn"] = event_ms(torch, nfn, reps)
         row[name + "_bw"] = passes * nbytes / (row[name + "_nbn"] * 1e-3) / bandwidth
     return row
 

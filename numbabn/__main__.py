@@ -1,4 +1,4 @@
-"""Command line: ``python -m numbabn info | check | demo``."""
+"""Command line: ``python -m numbabn info | check | demo | bench``."""
 import argparse
 import sys
 
@@ -24,7 +24,17 @@ def build_parser():
     demo.add_argument("--epochs", type=_positive_int, default=30)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quick", action="store_true", help="3 epochs on a subset (smoke test)")
+    bench = commands.add_parser(
+        "bench", help="time numbabn against NumPy and PyTorch on this machine (about a minute)"
+    )
+    _bench_arguments(bench)
     return parser
+
+
+def _bench_arguments(parser):
+    from . import _bench  # imports only NumPy; numba and torch load when it runs
+
+    _bench.build_parser(parser)
 
 
 def main(argv=None):
@@ -41,6 +51,10 @@ def main(argv=None):
         from . import _demo
 
         return _demo.main(out=args.out, epochs=args.epochs, seed=args.seed, quick=args.quick)
+    if args.command == "bench":
+        from . import _bench
+
+        return _bench.main(args)
     raise AssertionError(args.command)
 
 

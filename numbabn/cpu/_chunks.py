@@ -2,18 +2,47 @@
 
 The cut depends only on the shape, never on the thread count, so results are
 bit-identical whatever ``numba.set_num_threads`` says.
+
+Most kernels come as a parallel (``prange``) and a serial twin: Numba compiles
+``parallel=True`` per function, and one cached function cannot be both.  The
+twins share their per-piece helpers and differ only in the loop header.
 """
+import numba
 from numba import njit
 
 #: Below this many elements per (a, c) plane the "rows" loop order is used:
-#: each piece of work is a block of whole rows ``x[a0:a1]`` with C-wide
+#: each piece of work is a block of whole rows ``x[a0:a1]`` with (C * B)-wide
 #: accumulators, so the inner loop runs along the contiguous channel axis.
 ROWS_MAX_B = 16
 
+#: Independent float64 accumulators in a plane reduction (eight 256-bit
+#: vectors), enough to hide the add latency; summed in a fixed order.
+#: Planes shorter than ``4 * LANES`` use ``SHORT_LANES``.
+LANES = 32
+SHORT_LANES = 8
+
+#: With at least this many channels, the kernels that need no reduction
+#: (normalize, backward apply) give each thread whole channels; with fewer,
+#: pieces of planes are shared out.  Reductions in the planes layout always
+#: give each thread whole channels, so a channel is reduced and then, while it
+#: is still in cache, normalized (training forward) or differentiated
+#: (backward).
+CHANNEL_JOBS_MIN_C = 8
+
+#: Inputs with at most this many elements run the serial twin of each kernel:
+#: waking the worker threads costs more than the work itself.  Both twins
+#: cut the work into the same pieces, so the results are bit-identical.
+SERIAL_MAX_ELEMENTS = 1 << 15
+
 #: Elements in one piece of work.  Two passes over a piece this size stay in
-#: the L2 cache (64 KiB of float32), and a large plane still splits into
-#: enough pieces to feed every thread.
+#: the L2 cache (64 KiB of float32).  In the planes layout a piece is a group
+#: of whole planes of one channel, or a segment of one plane longer than this.
 PIECE_ELEMENTS = 16384
+
+#: Elements in one piece of work in the rows layout (256 KiB of float32, still
+#: in L2 for the second pass).  Larger than PIECE_ELEMENTS because every piece
+#: costs one Chan merge per column.
+ROW_PIECE_ELEMENTS = 65536
 
 
 @njit(cache=True)
@@ -27,10 +56,47 @@ def plane_pieces(B):
 
 
 @njit(cache=True)
-def rows_per_piece(C, B):
-    """Rows of an (A, C, B) array that make one piece of work."""
-    row = max(C * B, 1)
-    return max(PIECE_ELEMENTS // row, 1)
+def lanes_for(B):
+    """Lanes of a planes-layout reduction over planes of length B."""
+    return LANES if B >= 4 * LANES else SHORT_LANES
+
+
+@njit(cache=True)
+def channel_pieces(A, B):
+    """``(planes_per_piece, pieces)``: how one channel of an (A, C, B) array is cut.
+
+    Planes up to PIECE_ELEMENTS long are grouped, whole, into pieces of
+    ``planes_per_piece`` planes; a longer plane is one group of its own, cut
+    into ``plane_pieces(B)`` segments.
+    """
+    per_plane, _ = plane_pieces(B)
+    if per_plane > 1:
+        return 1, A * per_plane
+    group = max(PIECE_ELEMENTS // max(B, 1), 1)
+    return group, (A + group - 1) // group
+
+
+@njit(cache=True)
+def piece_bounds(j, A, B, group):
+    """``(a0, a1, start, stop)`` of piece ``j`` of a channel: planes ``a0:a1``, elements ``start:stop``."""
+    if group > 1 or B <= PIECE_ELEMENTS:
+        a0 = j * group
+        return a0, min(a0 + group, A), 0, B
+    per_plane, length = plane_pieces(B)
+    a = j // per_plane
+    start = (j % per_plane) * length
+    return a, a + 1, start, min(start + length, B)
+
+
+@njit(cache=True)
+def row_pieces(A, W):
+    """``(rows, pieces)`` for an (A, W) rows view: rows per piece of work, and how many pieces.
+
+    The rows layout (B < ROWS_MAX_B) is read as a 2-D array of A rows and
+    W = C * B columns, so inner loops run along whole contiguous rows.
+    """
+    rows = max(ROW_PIECE_ELEMENTS // max(W, 1), 1)
+    return rows, (A + rows - 1) // rows
 
 
 @njit(cache=True)
@@ -43,3 +109,8 @@ def job_index(job, C, pieces):
     j = int(job)
     plane = j // pieces
     return plane // C, plane % C, j % pieces
+
+
+def serial(size):
+    """True when an input of ``size`` elements should run the serial kernels."""
+    return size <= SERIAL_MAX_ELEMENTS or numba.get_num_threads() == 1

@@ -10,6 +10,7 @@ import numpy as np
 from .. import _channel_math as cm
 from .._validate import compute_dtype, stats_dtype
 from . import backward as _backward
+from . import forward as _forward
 from . import moments as _moments
 from . import normalize as _normalize
 
@@ -92,13 +93,16 @@ def normalize(x, lay, mean, invstd, weight, bias, out):
     return _finish(y3, direct, x, out)
 
 
+def _vector_or(v, fill, C):
+    """A per-channel float64 vector, ``fill`` everywhere when ``v`` is None."""
+    return np.full(C, fill) if v is None else np.asarray(v, dtype=np.float64)
+
+
 def forward_train(x, lay, weight, bias, eps, out, running_mean, running_var, momentum):
     x3 = _view3(x, lay)
-    mean, m2 = _moments.moments(x3)
-    invstd = cm.invstd_from_var(m2 / lay.count, eps)
-    scale, shift = cm.affine_coefficients(mean, invstd, _as_float64(weight), _as_float64(bias))
     y3, direct = _output3(out, lay, x3.dtype, x3)
-    _normalize.normalize(x3, scale, shift, y3)
+    mean, m2, invstd = _forward.forward_train(
+        x3, _vector_or(weight, 1.0, lay.C), _vector_or(bias, 0.0, lay.C), eps, y3)
     y = _finish(y3, direct, x, out)
     if running_mean is not None:
         cm.blend_running(running_mean, mean, momentum)
@@ -130,10 +134,16 @@ def backward_apply(dy, x, lay, mean, invstd, weight, sum_dy, sum_dy_xmu, count, 
 
 
 def backward(dy, x, lay, mean, invstd, weight, training, out):
-    sum_dy, sum_dy_xmu = backward_reduce(dy, x, lay, mean)
-    dx = backward_apply(
-        dy, x, lay, mean, invstd, weight, sum_dy, sum_dy_xmu, lay.count, training, out
-    )
+    dy3 = _view3(dy, lay)
+    x3 = _view3(x, lay)
+    dx3, direct = _output3(out, lay, dy3.dtype, dy3, x3)
+    if x3.size == 0:
+        sum_dy, sum_dy_xmu = np.zeros(lay.C), np.zeros(lay.C)
+    else:
+        sum_dy, sum_dy_xmu = _backward.backward(
+            dy3, x3, _as_float64(mean), _as_float64(invstd), _vector_or(weight, 1.0, lay.C),
+            training, dx3)
+    dx = _finish(dx3, direct, dy, out)
     grad_dtype = np.dtype(weight.dtype) if weight is not None else stats_dtype(x.dtype)
     dweight = (sum_dy_xmu * _as_float64(invstd)).astype(grad_dtype)
     return dx, dweight, sum_dy.astype(grad_dtype)

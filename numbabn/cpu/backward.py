@@ -19,83 +19,203 @@ writes, for per-channel coefficients chosen by the caller,
 For training-mode statistics :math:`k^{dy} = \gamma\sigma^{-1}`,
 :math:`k^{x} = -k^{dy}\sigma^{-2} P / M`, :math:`k^{0} = -k^{dy} S / M`; with
 frozen statistics only :math:`k^{dy}` is non-zero.
+
+:func:`backward` does both in one kernel call: with whole channels per thread
+(planes layout) a channel is differentiated right after it is reduced, while
+``dy`` and ``x`` are still in cache, so memory sees about 3 x bytes instead of
+5 x.  The sums are accumulated in the same pieces and order as by
+:func:`backward_reduce`, so the fused and the split paths agree bit for bit.
 """
 import numpy as np
-from numba import njit, prange
+from numba import float64, njit, prange, uint64
 
-from ._chunks import ROWS_MAX_B, job_index, plane_pieces, rows_per_piece
+from ._chunks import (
+    CHANNEL_JOBS_MIN_C, ROWS_MAX_B, channel_pieces, job_index, lanes_for, piece_bounds,
+    plane_pieces, row_pieces, serial,
+)
 
+
+@njit(cache=True)
+def _piece_sums(dy, x, a0, a1, c, mu, start, stop, acc):
+    """``(sum(dy), sum(dy * (x - mu)))`` over ``[a0:a1, c, start:stop]``, in float64.
+
+    ``acc`` is (2, L) lane scratch space; lanes, leftovers and direct unsigned
+    indexing as in :func:`numbabn.cpu.moments._sum`.
+    """
+    uc = uint64(c)
+    n = stop - start
+    L = acc.shape[1]
+    first = uint64(start)
+    full = n - n % L
+    acc_s = acc[0]
+    acc_p = acc[1]
+    for lane in range(L):
+        acc_s[lane] = 0.0
+        acc_p[lane] = 0.0
+    s = 0.0
+    p = 0.0
+    for a in range(a0, a1):
+        ua = uint64(a)
+        for r in range(n // L):
+            base = first + uint64(r * L)
+            for lane in range(L):
+                i = base + uint64(lane)
+                g = dy[ua, uc, i]
+                acc_s[lane] += g
+                acc_p[lane] += g * (x[ua, uc, i] - mu)
+        for j in range(full, n):
+            i = first + uint64(j)
+            s += dy[ua, uc, i]
+            p += dy[ua, uc, i] * (x[ua, uc, i] - mu)
+    for lane in range(L):
+        s += acc_s[lane]
+        p += acc_p[lane]
+    return s, p
+
+
+@njit(cache=True)
+def channel_planes_sums(dy, x, c, mu):
+    """``(S, P)`` of channel ``c`` of (A, C, B) arrays: piece sums added in order."""
+    A, C, B = x.shape
+    group, pieces = channel_pieces(A, B)
+    acc = np.empty((2, lanes_for(B)))
+    s = 0.0
+    p = 0.0
+    for j in range(pieces):
+        a0, a1, start, stop = piece_bounds(j, A, B, group)
+        ds, dp = _piece_sums(dy, x, a0, a1, c, mu, start, stop, acc)
+        s += ds
+        p += dp
+    return s, p
+
+
+@njit(cache=True)
+def coefficients(invstd, weight, sum_dy, sum_dy_xmu, m, training):
+    """``(k_dy, k_x, k_0)`` of one channel, as :func:`numbabn._channel_math.backward_coefficients`."""
+    k_dy = invstd * weight
+    if not training:
+        return k_dy, 0.0, 0.0
+    return k_dy, -k_dy * invstd * invstd * (sum_dy_xmu / m), -k_dy * (sum_dy / m)
+
+
+@njit(cache=True)
+def apply_channel(dy, x, c, mu, u, w, z, dx):
+    """dx of one channel (direct unsigned indexing, as :func:`numbabn.cpu.moments._sum`)."""
+    A, C, B = x.shape
+    uc = uint64(c)
+    for a in range(A):
+        ua = uint64(a)
+        for b in range(B):
+            ub = uint64(b)
+            dx[ua, uc, ub] = u * dy[ua, uc, ub] + w * (x[ua, uc, ub] - mu) + z
+
+
+@njit(cache=True)
+def rows_piece_sums(dy2, x2, a0, a1, mean, s, p):
+    """Column sums of ``dy`` and ``dy * (x - mean)`` over rows ``a0:a1`` (W-wide ``mean``).
+
+    Rows are taken two at a time, as in :func:`numbabn.cpu.moments.rows_piece_moments`.
+    """
+    W = x2.shape[1]
+    for j in range(W):
+        s[j] = 0.0
+        p[j] = 0.0
+    pair_end = a0 + (a1 - a0) // 2 * 2
+    for a in range(a0, pair_end, 2):
+        g0, g1, v0, v1 = dy2[a], dy2[a + 1], x2[a], x2[a + 1]
+        for j in range(W):
+            mu = mean[j]
+            s[j] += float64(g0[j]) + float64(g1[j])
+            p[j] += g0[j] * (v0[j] - mu) + g1[j] * (v1[j] - mu)
+    for a in range(pair_end, a1):
+        g = dy2[a]
+        v = x2[a]
+        for j in range(W):
+            s[j] += g[j]
+            p[j] += g[j] * (v[j] - mean[j])
+
+
+@njit(cache=True)
+def merge_row_sums(part_s, part_p, B):
+    """Per-channel sums: pieces added in order, then the B columns of each channel."""
+    pieces, W = part_s.shape
+    s = part_s[0].copy()
+    p = part_p[0].copy()
+    for k in range(1, pieces):
+        for j in range(W):
+            s[j] += part_s[k, j]
+            p[j] += part_p[k, j]
+    if B == 1:
+        return s, p
+    C = W // B
+    sum_dy = np.zeros(C)
+    sum_dy_xmu = np.zeros(C)
+    for c in range(C):
+        for b in range(B):
+            sum_dy[c] += s[c * B + b]
+            sum_dy_xmu[c] += p[c * B + b]
+    return sum_dy, sum_dy_xmu
+
+
+@njit(cache=True)
+def apply_rows_piece(dy2, x2, a0, a1, mean, k_dy, k_x, k_0, dx2):
+    """dx over rows ``a0:a1`` with W-wide coefficients (vectorizes along rows)."""
+    W = x2.shape[1]
+    for a in range(a0, a1):
+        g = dy2[a]
+        v = x2[a]
+        out = dx2[a]
+        for j in range(W):
+            out[j] = k_dy[j] * g[j] + k_x[j] * (v[j] - mean[j]) + k_0[j]
+
+
+# --- reduce ------------------------------------------------------------------------------
 
 @njit(parallel=True, cache=True)
-def _reduce_planes(dy, x, mean):
-    A, C, B = x.shape
-    pieces, length = plane_pieces(B)
-    part_s = np.empty((C, A * pieces))
-    part_p = np.empty((C, A * pieces))
-    for job in prange(A * C * pieces):
-        a, c, k = job_index(job, C, pieces)
-        mu = mean[c]
-        g = dy[a, c]
-        v = x[a, c]
-        s0 = 0.0
-        s1 = 0.0
-        p0 = 0.0
-        p1 = 0.0
-        b = k * length
-        stop = min(b + length, B)
-        while b + 2 <= stop:
-            s0 += g[b]
-            s1 += g[b + 1]
-            p0 += g[b] * (v[b] - mu)
-            p1 += g[b + 1] * (v[b + 1] - mu)
-            b += 2
-        while b < stop:
-            s0 += g[b]
-            p0 += g[b] * (v[b] - mu)
-            b += 1
-        part_s[c, a * pieces + k] = s0 + s1
-        part_p[c, a * pieces + k] = p0 + p1
+def _reduce_channels(dy, x, mean):
+    C = x.shape[1]
     sum_dy = np.empty(C)
     sum_dy_xmu = np.empty(C)
     for c in prange(C):
-        s = 0.0
-        p = 0.0
-        for j in range(A * pieces):
-            s += part_s[c, j]
-            p += part_p[c, j]
-        sum_dy[c] = s
-        sum_dy_xmu[c] = p
+        sum_dy[c], sum_dy_xmu[c] = channel_planes_sums(dy, x, c, mean[c])
+    return sum_dy, sum_dy_xmu
+
+
+@njit(cache=True)
+def _reduce_channels_serial(dy, x, mean):
+    C = x.shape[1]
+    sum_dy = np.empty(C)
+    sum_dy_xmu = np.empty(C)
+    for c in range(C):
+        sum_dy[c], sum_dy_xmu[c] = channel_planes_sums(dy, x, c, mean[c])
     return sum_dy, sum_dy_xmu
 
 
 @njit(parallel=True, cache=True)
-def _reduce_rows(dy, x, mean):
-    A, C, B = x.shape
-    rows = rows_per_piece(C, B)
-    pieces = (A + rows - 1) // rows
-    part_s = np.zeros((pieces, C))
-    part_p = np.zeros((pieces, C))
+def _reduce_rows(dy2, x2, B, mean):
+    A, W = x2.shape
+    rows, pieces = row_pieces(A, W)
+    mean_w = np.repeat(mean, B)
+    part_s = np.empty((pieces, W))
+    part_p = np.empty((pieces, W))
     for k in prange(pieces):
-        s = part_s[k]
-        p = part_p[k]
-        for a in range(k * rows, min((k + 1) * rows, A)):
-            for c in range(C):
-                for b in range(B):
-                    g = dy[a, c, b]
-                    s[c] += g
-                    p[c] += g * (x[a, c, b] - mean[c])
-    sum_dy = np.empty(C)
-    sum_dy_xmu = np.empty(C)
-    for c in prange(C):
-        s = 0.0
-        p = 0.0
-        for k in range(pieces):
-            s += part_s[k, c]
-            p += part_p[k, c]
-        sum_dy[c] = s
-        sum_dy_xmu[c] = p
-    return sum_dy, sum_dy_xmu
+        rows_piece_sums(dy2, x2, k * rows, min((k + 1) * rows, A), mean_w, part_s[k], part_p[k])
+    return merge_row_sums(part_s, part_p, B)
 
+
+@njit(cache=True)
+def _reduce_rows_serial(dy2, x2, B, mean):
+    A, W = x2.shape
+    rows, pieces = row_pieces(A, W)
+    mean_w = np.repeat(mean, B)
+    part_s = np.empty((pieces, W))
+    part_p = np.empty((pieces, W))
+    for k in range(pieces):
+        rows_piece_sums(dy2, x2, k * rows, min((k + 1) * rows, A), mean_w, part_s[k], part_p[k])
+    return merge_row_sums(part_s, part_p, B)
+
+
+# --- apply -------------------------------------------------------------------------------
 
 @njit(parallel=True, cache=True)
 def _apply_planes(dy, x, mean, k_dy, k_x, k_0, dx):
@@ -107,23 +227,116 @@ def _apply_planes(dy, x, mean, k_dy, k_x, k_0, dx):
         u = k_dy[c]
         w = k_x[c]
         z = k_0[c]
-        g = dy[a, c]
-        v = x[a, c]
-        out = dx[a, c]
-        for b in range(k * length, min((k + 1) * length, B)):
+        piece = slice(k * length, (k + 1) * length)
+        g = dy[a, c, piece]
+        v = x[a, c, piece]
+        out = dx[a, c, piece]
+        for b in range(v.shape[0]):
             out[b] = u * g[b] + w * (v[b] - mu) + z
 
 
 @njit(parallel=True, cache=True)
-def _apply_rows(dy, x, mean, k_dy, k_x, k_0, dx):
-    A, C, B = x.shape
-    rows = rows_per_piece(C, B)
-    pieces = (A + rows - 1) // rows
+def _apply_channels(dy, x, mean, k_dy, k_x, k_0, dx):
+    for c in prange(x.shape[1]):
+        apply_channel(dy, x, c, mean[c], k_dy[c], k_x[c], k_0[c], dx)
+
+
+@njit(cache=True)
+def _apply_channels_serial(dy, x, mean, k_dy, k_x, k_0, dx):
+    for c in range(x.shape[1]):
+        apply_channel(dy, x, c, mean[c], k_dy[c], k_x[c], k_0[c], dx)
+
+
+@njit(parallel=True, cache=True)
+def _apply_rows(dy2, x2, mean_w, k_dy, k_x, k_0, dx2):
+    A, W = x2.shape
+    rows, pieces = row_pieces(A, W)
     for k in prange(pieces):
-        for a in range(k * rows, min((k + 1) * rows, A)):
-            for c in range(C):
-                for b in range(B):
-                    dx[a, c, b] = k_dy[c] * dy[a, c, b] + k_x[c] * (x[a, c, b] - mean[c]) + k_0[c]
+        apply_rows_piece(dy2, x2, k * rows, min((k + 1) * rows, A), mean_w, k_dy, k_x, k_0, dx2)
+
+
+@njit(cache=True)
+def _apply_rows_serial(dy2, x2, mean_w, k_dy, k_x, k_0, dx2):
+    apply_rows_piece(dy2, x2, 0, x2.shape[0], mean_w, k_dy, k_x, k_0, dx2)
+
+
+# --- reduce and apply in one call --------------------------------------------------------
+
+@njit(cache=True)
+def _backward_channel(dy, x, c, mu, invstd, weight, m, training, dx):
+    """Reduce channel ``c``, then write its dx while it is in cache; returns ``(S, P)``."""
+    s, p = channel_planes_sums(dy, x, c, mu)
+    u, w, z = coefficients(invstd, weight, s, p, m, training)
+    apply_channel(dy, x, c, mu, u, w, z, dx)
+    return s, p
+
+
+@njit(parallel=True, cache=True)
+def _backward_planes(dy, x, mean, invstd, weight, training, dx):
+    A, C, B = x.shape
+    sum_dy, sum_dy_xmu = np.empty(C), np.empty(C)
+    m = float(max(A * B, 1))
+    for c in prange(C):
+        sum_dy[c], sum_dy_xmu[c] = _backward_channel(
+            dy, x, c, mean[c], invstd[c], weight[c], m, training, dx)
+    return sum_dy, sum_dy_xmu
+
+
+@njit(cache=True)
+def _backward_planes_serial(dy, x, mean, invstd, weight, training, dx):
+    A, C, B = x.shape
+    sum_dy, sum_dy_xmu = np.empty(C), np.empty(C)
+    m = float(max(A * B, 1))
+    for c in range(C):
+        sum_dy[c], sum_dy_xmu[c] = _backward_channel(
+            dy, x, c, mean[c], invstd[c], weight[c], m, training, dx)
+    return sum_dy, sum_dy_xmu
+
+
+@njit(cache=True)
+def _rows_coefficients(sum_dy, sum_dy_xmu, A, B, invstd, weight, training):
+    """Per-column (W = C * B) backward coefficients."""
+    C = sum_dy.size
+    k_dy = np.empty(C * B)
+    k_x = np.empty(C * B)
+    k_0 = np.empty(C * B)
+    m = float(max(A * B, 1))
+    for c in range(C):
+        u, w, z = coefficients(invstd[c], weight[c], sum_dy[c], sum_dy_xmu[c], m, training)
+        for b in range(B):
+            k_dy[c * B + b] = u
+            k_x[c * B + b] = w
+            k_0[c * B + b] = z
+    return k_dy, k_x, k_0
+
+
+@njit(parallel=True, cache=True)
+def _backward_rows(dy2, x2, B, mean, invstd, weight, training, dx2):
+    A, W = x2.shape
+    sum_dy, sum_dy_xmu = _reduce_rows(dy2, x2, B, mean)
+    k_dy, k_x, k_0 = _rows_coefficients(sum_dy, sum_dy_xmu, A, B, invstd, weight, training)
+    # Same pieces and threads as the reduction (static schedule), often still in cache.
+    rows, pieces = row_pieces(A, W)
+    mean_w = np.repeat(mean, B)
+    for k in prange(pieces):
+        apply_rows_piece(dy2, x2, k * rows, min((k + 1) * rows, A), mean_w, k_dy, k_x, k_0, dx2)
+    return sum_dy, sum_dy_xmu
+
+
+@njit(cache=True)
+def _backward_rows_serial(dy2, x2, B, mean, invstd, weight, training, dx2):
+    A, W = x2.shape
+    sum_dy, sum_dy_xmu = _reduce_rows_serial(dy2, x2, B, mean)
+    k_dy, k_x, k_0 = _rows_coefficients(sum_dy, sum_dy_xmu, A, B, invstd, weight, training)
+    apply_rows_piece(dy2, x2, 0, A, np.repeat(mean, B), k_dy, k_x, k_0, dx2)
+    return sum_dy, sum_dy_xmu
+
+
+# --- entry points ------------------------------------------------------------------------
+
+def _rows2(a3):
+    A, C, B = a3.shape
+    return a3.reshape(A, C * B)
 
 
 def backward_reduce(dy3, x3, mean):
@@ -131,16 +344,40 @@ def backward_reduce(dy3, x3, mean):
     A, C, B = x3.shape
     if A * B == 0:
         return np.zeros(C), np.zeros(C)
+    one_thread = serial(x3.size)
     if B < ROWS_MAX_B:
-        return _reduce_rows(dy3, x3, mean)
-    return _reduce_planes(dy3, x3, mean)
+        kernel = _reduce_rows_serial if one_thread else _reduce_rows
+        return kernel(_rows2(dy3), _rows2(x3), B, mean)
+    return (_reduce_channels_serial if one_thread else _reduce_channels)(dy3, x3, mean)
 
 
 def backward_apply(dy3, x3, mean, k_dy, k_x, k_0, dx3):
     """Write ``k_dy*dy + k_x*(x - mean) + k_0`` (per channel) into ``dx3``."""
     if x3.size == 0:
         return
-    if x3.shape[2] < ROWS_MAX_B:
-        _apply_rows(dy3, x3, mean, k_dy, k_x, k_0, dx3)
+    A, C, B = x3.shape
+    one_thread = serial(x3.size)
+    if B < ROWS_MAX_B:
+        kernel = _apply_rows_serial if one_thread else _apply_rows
+        kernel(_rows2(dy3), _rows2(x3), *(np.repeat(v, B) for v in (mean, k_dy, k_x, k_0)),
+               _rows2(dx3))
+    elif one_thread:
+        _apply_channels_serial(dy3, x3, mean, k_dy, k_x, k_0, dx3)
     else:
-        _apply_planes(dy3, x3, mean, k_dy, k_x, k_0, dx3)
+        kernel = _apply_channels if C >= CHANNEL_JOBS_MIN_C else _apply_planes
+        kernel(dy3, x3, mean, k_dy, k_x, k_0, dx3)
+
+
+def backward(dy3, x3, mean, invstd, weight, training, dx3):
+    """Reduce and apply in one call; returns float64 ``(sum_dy, sum_dy_xmu)``.
+
+    ``mean``, ``invstd`` and ``weight`` are float64 vectors (ones stand for a
+    missing weight).  ``x3`` must not be empty.
+    """
+    B = x3.shape[2]
+    one_thread = serial(x3.size)
+    if B < ROWS_MAX_B:
+        kernel = _backward_rows_serial if one_thread else _backward_rows
+        return kernel(_rows2(dy3), _rows2(x3), B, mean, invstd, weight, training, _rows2(dx3))
+    kernel = _backward_planes_serial if one_thread else _backward_planes
+    return kernel(dy3, x3, mean, invstd, weight, training, dx3)

@@ -21,10 +21,12 @@ Everything accumulates in float64.  ``E[x^2] - E[x]^2`` is never formed, so a
 large common offset (``1e4 + N(0, 1)``) costs no accuracy.
 """
 import numpy as np
-from numba import njit, prange
+from numba import float64, njit, prange, uint64
 
 from .. import _channel_math
-from ._chunks import ROWS_MAX_B, job_index, plane_pieces, rows_per_piece
+from ._chunks import (
+    ROWS_MAX_B, channel_pieces, lanes_for, piece_bounds, row_pieces, serial,
+)
 
 
 #: Chan's merge of two (count, mean, M2) summaries, compiled for the kernels.
@@ -32,106 +34,187 @@ chan_merge = njit(cache=True)(_channel_math.chan_merge)
 
 
 @njit(cache=True)
-def _segment_moments(v, start, stop):
-    """Two-pass mean and M2 of ``v[start:stop]`` (four independent sums)."""
+def _sum(x, a0, a1, c, start, stop, acc, shift):
+    r"""Over ``x[a0:a1, c, start:stop]``: ``sum((v - shift)**2)``, or ``sum(v)`` when ``shift`` is None.
+
+    Float64 throughout, with ``L = len(acc)`` independent lanes: in each
+    plane, lane ``l`` adds the elements ``start + l``, ``start + l + L``, ...,
+    the leftover elements of each plane go to one scalar sum, and the lanes are
+    added to it in a fixed order at the end.  A loop over independent lanes
+    vectorizes without reassociating any sum (fastmath stays off).  The array
+    is indexed directly (no views, whose reference counts cost more than a
+    short plane) with unsigned indices, so Numba emits no negative-index
+    wraparound that would turn vector loads into gathers.
+    """
+    uc = uint64(c)
     n = stop - start
-    s0 = 0.0
-    s1 = 0.0
-    s2 = 0.0
-    s3 = 0.0
-    i = start
-    while i + 4 <= stop:
-        s0 += v[i]
-        s1 += v[i + 1]
-        s2 += v[i + 2]
-        s3 += v[i + 3]
-        i += 4
-    while i < stop:
-        s0 += v[i]
-        i += 1
-    mean = ((s0 + s1) + (s2 + s3)) / n
-    q0 = 0.0
-    q1 = 0.0
-    q2 = 0.0
-    q3 = 0.0
-    i = start
-    while i + 4 <= stop:
-        d0 = v[i] - mean
-        d1 = v[i + 1] - mean
-        d2 = v[i + 2] - mean
-        d3 = v[i + 3] - mean
-        q0 += d0 * d0
-        q1 += d1 * d1
-        q2 += d2 * d2
-        q3 += d3 * d3
-        i += 4
-    while i < stop:
-        d0 = v[i] - mean
-        q0 += d0 * d0
-        i += 1
-    return mean, (q0 + q1) + (q2 + q3)
+    L = acc.shape[0]
+    first = uint64(start)
+    full = n - n % L
+    for lane in range(L):
+        acc[lane] = 0.0
+    total = 0.0
+    for a in range(a0, a1):
+        ua = uint64(a)
+        for r in range(n // L):
+            base = first + uint64(r * L)
+            for lane in range(L):
+                if shift is None:
+                    acc[lane] += x[ua, uc, base + uint64(lane)]
+                else:
+                    d = x[ua, uc, base + uint64(lane)] - shift
+                    acc[lane] += d * d
+        for j in range(full, n):
+            i = first + uint64(j)
+            if shift is None:
+                total += x[ua, uc, i]
+            else:
+                d = x[ua, uc, i] - shift
+                total += d * d
+    for lane in range(L):
+        total += acc[lane]
+    return total
+
+
+@njit(cache=True)
+def _piece_moments(x, a0, a1, c, start, stop, acc):
+    """Two-pass mean and M2 of ``x[a0:a1, c, start:stop]``; ``acc`` is lane scratch space."""
+    mean = _sum(x, a0, a1, c, start, stop, acc, None) / ((a1 - a0) * (stop - start))
+    return mean, _sum(x, a0, a1, c, start, stop, acc, mean)
+
+
+@njit(cache=True)
+def channel_planes_moments(x, c):
+    """Mean and M2 of channel ``c`` of an (A, C, B) array: its pieces merged in order."""
+    A, C, B = x.shape
+    group, pieces = channel_pieces(A, B)
+    acc = np.empty(lanes_for(B))
+    n, mu, q = 0.0, 0.0, 0.0
+    for j in range(pieces):
+        a0, a1, start, stop = piece_bounds(j, A, B, group)
+        m, s = _piece_moments(x, a0, a1, c, start, stop, acc)
+        n, mu, q = chan_merge(n, mu, q, float((a1 - a0) * (stop - start)), m, s)
+    return mu, q
 
 
 @njit(parallel=True, cache=True)
 def _moments_planes(x):
-    A, C, B = x.shape
-    pieces, length = plane_pieces(B)
-    part_mean = np.empty((C, A * pieces))
-    part_m2 = np.empty((C, A * pieces))
-    for job in prange(A * C * pieces):
-        a, c, k = job_index(job, C, pieces)
-        start = k * length
-        stop = min(start + length, B)
-        m, q = _segment_moments(x[a, c], start, stop)
-        part_mean[c, a * pieces + k] = m
-        part_m2[c, a * pieces + k] = q
+    """Whole channels shared out over threads."""
+    C = x.shape[1]
     mean = np.empty(C)
     m2 = np.empty(C)
     for c in prange(C):
-        n, mu, q = 0.0, 0.0, 0.0
-        for j in range(A * pieces):
-            k = j % pieces
-            size = min(length, B - k * length)
-            n, mu, q = chan_merge(n, mu, q, float(size), part_mean[c, j], part_m2[c, j])
-        mean[c] = mu
-        m2[c] = q
+        mean[c], m2[c] = channel_planes_moments(x, c)
     return mean, m2
+
+
+@njit(cache=True)
+def _moments_planes_serial(x):
+    C = x.shape[1]
+    mean = np.empty(C)
+    m2 = np.empty(C)
+    for c in range(C):
+        mean[c], m2[c] = channel_planes_moments(x, c)
+    return mean, m2
+
+
+# --- rows: (A, W) views with W = C * B < 16 * C columns ---------------------------------
+
+@njit(cache=True)
+def rows_piece_moments(x2, a0, a1, mean, m2):
+    """Two-pass column means and M2 of rows ``a0:a1`` of ``x2``, written into ``mean``/``m2``.
+
+    The inner loops run along rows, so they vectorize over columns.  Rows are
+    taken four at a time, ``acc += (r0 + r1) + (r2 + r3)`` in float64, so the
+    accumulators are loaded and stored a quarter as often; the order of the
+    additions is fixed by the shape alone.
+    """
+    W = x2.shape[1]
+    for j in range(W):
+        mean[j] = 0.0
+        m2[j] = 0.0
+    quad_end = a0 + (a1 - a0) // 4 * 4
+    for a in range(a0, quad_end, 4):
+        r0, r1, r2, r3 = x2[a], x2[a + 1], x2[a + 2], x2[a + 3]
+        for j in range(W):
+            mean[j] += (float64(r0[j]) + float64(r1[j])) + (float64(r2[j]) + float64(r3[j]))
+    for a in range(quad_end, a1):
+        row = x2[a]
+        for j in range(W):
+            mean[j] += row[j]
+    n = float(a1 - a0)
+    for j in range(W):
+        mean[j] /= n
+    for a in range(a0, quad_end, 4):
+        r0, r1, r2, r3 = x2[a], x2[a + 1], x2[a + 2], x2[a + 3]
+        for j in range(W):
+            mu = mean[j]
+            d0 = r0[j] - mu
+            d1 = r1[j] - mu
+            d2 = r2[j] - mu
+            d3 = r3[j] - mu
+            m2[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+    for a in range(quad_end, a1):
+        row = x2[a]
+        for j in range(W):
+            d = row[j] - mean[j]
+            m2[j] += d * d
+
+
+@njit(cache=True)
+def merge_row_pieces(part_mean, part_m2, rows, A, B):
+    """Chan-merge the pieces of each column in order, then the B columns of each channel.
+
+    All pieces of one piece index have the same count, so the merge runs
+    along the columns (vectorized) with scalar weights.
+    """
+    pieces, W = part_mean.shape
+    mean = part_mean[0].copy()
+    m2 = part_m2[0].copy()
+    n = float(min(rows, A))
+    for k in range(1, pieces):
+        n_b = float(min(rows, A - k * rows))
+        total = n + n_b
+        weight = n * (n_b / total)
+        for j in range(W):
+            delta = part_mean[k, j] - mean[j]
+            mean[j] = (n * mean[j] + n_b * part_mean[k, j]) / total
+            m2[j] = m2[j] + part_m2[k, j] + delta * delta * weight
+        n = total
+    if B == 1:
+        return mean, m2
+    C = W // B
+    channel_mean = np.empty(C)
+    channel_m2 = np.empty(C)
+    for c in range(C):
+        count, mu, q = n, mean[c * B], m2[c * B]
+        for b in range(1, B):
+            count, mu, q = chan_merge(count, mu, q, n, mean[c * B + b], m2[c * B + b])
+        channel_mean[c] = mu
+        channel_m2[c] = q
+    return channel_mean, channel_m2
 
 
 @njit(parallel=True, cache=True)
-def _moments_rows(x):
-    A, C, B = x.shape
-    rows = rows_per_piece(C, B)
-    pieces = (A + rows - 1) // rows
-    part_mean = np.zeros((pieces, C))
-    part_m2 = np.zeros((pieces, C))
+def _moments_rows(x2, B):
+    A, W = x2.shape
+    rows, pieces = row_pieces(A, W)
+    part_mean = np.empty((pieces, W))
+    part_m2 = np.empty((pieces, W))
     for k in prange(pieces):
-        a0 = k * rows
-        a1 = min(a0 + rows, A)
-        s = part_mean[k]
-        for a in range(a0, a1):
-            for c in range(C):
-                for b in range(B):
-                    s[c] += x[a, c, b]
-        inv_n = 1.0 / ((a1 - a0) * B)
-        for c in range(C):
-            s[c] *= inv_n
-        q = part_m2[k]
-        for a in range(a0, a1):
-            for c in range(C):
-                for b in range(B):
-                    d = x[a, c, b] - s[c]
-                    q[c] += d * d
-    mean = np.empty(C)
-    m2 = np.empty(C)
-    for c in prange(C):
-        n, mu, q = 0.0, 0.0, 0.0
-        for k in range(pieces):
-            size = (min((k + 1) * rows, A) - k * rows) * B
-            n, mu, q = chan_merge(n, mu, q, float(size), part_mean[k, c], part_m2[k, c])
-        mean[c] = mu
-        m2[c] = q
-    return mean, m2
+        rows_piece_moments(x2, k * rows, min((k + 1) * rows, A), part_mean[k], part_m2[k])
+    return merge_row_pieces(part_mean, part_m2, rows, A, B)
+
+
+@njit(cache=True)
+def _moments_rows_serial(x2, B):
+    A, W = x2.shape
+    rows, pieces = row_pieces(A, W)
+    part_mean = np.empty((pieces, W))
+    part_m2 = np.empty((pieces, W))
+    for k in range(pieces):
+        rows_piece_moments(x2, k * rows, min((k + 1) * rows, A), part_mean[k], part_m2[k])
+    return merge_row_pieces(part_mean, part_m2, rows, A, B)
 
 
 def moments(x3):
@@ -143,6 +226,8 @@ def moments(x3):
     A, C, B = x3.shape
     if A * B == 0:
         return np.zeros(C), np.zeros(C)
+    one_thread = serial(x3.size)
     if B < ROWS_MAX_B:
-        return _moments_rows(x3)
-    return _moments_planes(x3)
+        kernel = _moments_rows_serial if one_thread else _moments_rows
+        return kernel(x3.reshape(A, C * B), B)
+    return (_moments_planes_serial if one_thread else _moments_planes)(x3)

@@ -12,9 +12,36 @@ cancellation between ``x * scale`` and ``shift`` on data with a large offset
 loses nothing visible at float32 precision; the result is rounded once when
 stored into ``y``.
 """
-from numba import njit, prange
+import numpy as np
+from numba import njit, prange, uint64
 
-from ._chunks import ROWS_MAX_B, job_index, plane_pieces, rows_per_piece
+from ._chunks import CHANNEL_JOBS_MIN_C, ROWS_MAX_B, job_index, plane_pieces, row_pieces, serial
+
+
+@njit(cache=True)
+def normalize_channel(x, c, s, t, y):
+    """``y[:, c] = x[:, c] * s + t`` for one channel of (A, C, B) arrays.
+
+    Direct unsigned indexing, no per-plane views (see :func:`numbabn.cpu.moments._sum`).
+    """
+    A, C, B = x.shape
+    uc = uint64(c)
+    for a in range(A):
+        ua = uint64(a)
+        for b in range(B):
+            ub = uint64(b)
+            y[ua, uc, ub] = x[ua, uc, ub] * s + t
+
+
+@njit(cache=True)
+def normalize_rows_piece(x2, a0, a1, scale, shift, y2):
+    """Rows ``a0:a1`` of (A, W) arrays, with W-wide ``scale``/``shift`` (vectorizes along rows)."""
+    W = x2.shape[1]
+    for a in range(a0, a1):
+        xr = x2[a]
+        yr = y2[a]
+        for j in range(W):
+            yr[j] = xr[j] * scale[j] + shift[j]
 
 
 @njit(parallel=True, cache=True)
@@ -25,29 +52,51 @@ def _normalize_planes(x, scale, shift, y):
         a, c, k = job_index(job, C, pieces)
         s = scale[c]
         t = shift[c]
-        xs = x[a, c]
-        ys = y[a, c]
-        for b in range(k * length, min((k + 1) * length, B)):
+        # Slices indexed from 0 vectorize with plain loads (see moments.lane_blocks).
+        xs = x[a, c, k * length:(k + 1) * length]
+        ys = y[a, c, k * length:(k + 1) * length]
+        for b in range(xs.shape[0]):
             ys[b] = xs[b] * s + t
 
 
 @njit(parallel=True, cache=True)
-def _normalize_rows(x, scale, shift, y):
-    A, C, B = x.shape
-    rows = rows_per_piece(C, B)
-    pieces = (A + rows - 1) // rows
+def _normalize_channels(x, scale, shift, y):
+    for c in prange(x.shape[1]):
+        normalize_channel(x, c, scale[c], shift[c], y)
+
+
+@njit(cache=True)
+def _normalize_channels_serial(x, scale, shift, y):
+    for c in range(x.shape[1]):
+        normalize_channel(x, c, scale[c], shift[c], y)
+
+
+@njit(parallel=True, cache=True)
+def _normalize_rows(x2, scale, shift, y2):
+    A, W = x2.shape
+    rows, pieces = row_pieces(A, W)
     for k in prange(pieces):
-        for a in range(k * rows, min((k + 1) * rows, A)):
-            for c in range(C):
-                for b in range(B):
-                    y[a, c, b] = x[a, c, b] * scale[c] + shift[c]
+        normalize_rows_piece(x2, k * rows, min((k + 1) * rows, A), scale, shift, y2)
+
+
+@njit(cache=True)
+def _normalize_rows_serial(x2, scale, shift, y2):
+    normalize_rows_piece(x2, 0, x2.shape[0], scale, shift, y2)
 
 
 def normalize(x3, scale, shift, y3):
     """Write ``x3 * scale[c] + shift[c]`` into ``y3`` (both C-contiguous)."""
     if x3.size == 0:
         return
-    if x3.shape[2] < ROWS_MAX_B:
-        _normalize_rows(x3, scale, shift, y3)
+    A, C, B = x3.shape
+    one_thread = serial(x3.size)
+    if B < ROWS_MAX_B:
+        kernel = _normalize_rows_serial if one_thread else _normalize_rows
+        # One coefficient per column of the (A, C * B) rows view.
+        kernel(x3.reshape(A, C * B), np.repeat(scale, B), np.repeat(shift, B),
+               y3.reshape(A, C * B))
+    elif one_thread:
+        _normalize_channels_serial(x3, scale, shift, y3)
     else:
-        _normalize_planes(x3, scale, shift, y3)
+        kernel = _normalize_channels if C >= CHANNEL_JOBS_MIN_C else _normalize_planes
+        kernel(x3, scale, shift, y3)

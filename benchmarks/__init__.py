@@ -1,0 +1,1 @@
+"""asv benchmarks for numbabn (see the README sections "Performance" and "CUDA")."""

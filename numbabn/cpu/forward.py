@@ -1,0 +1,121 @@
+r"""Training forward in one kernel call: statistics, per-channel coefficients and the normalized output.
+
+For every channel the kernel reduces the data to (mean, M2) exactly as
+:mod:`numbabn.cpu.moments` does (same pieces, same merge order, so the
+statistics are bit-identical), then finalizes in float64
+
+.. math::
+
+    \sigma^{-1} = \frac{1}{\sqrt{M_2 / M + \epsilon}}, \qquad
+    \mathrm{scale} = \gamma\,\sigma^{-1}, \qquad
+    \mathrm{shift} = \beta - \mu\,\mathrm{scale}
+
+(the formulas of :mod:`numbabn._channel_math`) and writes
+``y = x * scale + shift``.
+
+Two loop orders:
+
+- planes (B >= ROWS_MAX_B): each thread takes whole
+  channels and normalizes a channel right after reducing it, while it is still
+  in cache, so memory sees about 2 x bytes instead of 3 x;
+- rows (B < ROWS_MAX_B): one parallel pass reduces blocks of rows into
+  (C * B)-wide partial statistics, the partials are merged in order, and a
+  second parallel pass over the same blocks (the same thread gets the same
+  block, often still in its cache) normalizes.
+
+Each has a serial twin for small inputs.
+"""
+import numpy as np
+from numba import njit, prange
+
+from ._chunks import ROWS_MAX_B, row_pieces, serial
+from .moments import _moments_rows, _moments_rows_serial, channel_planes_moments
+from .normalize import normalize_channel, normalize_rows_piece
+
+
+@njit(cache=True)
+def affine_from_moments(mu, m2, count, weight, bias, eps):
+    """``(invstd, scale, shift)`` of one channel, as in :mod:`numbabn._channel_math`."""
+    invstd = 1.0 / np.sqrt(m2 / count + eps)
+    scale = invstd * weight
+    return invstd, scale, bias - mu * scale
+
+
+@njit(cache=True)
+def _train_channel(x, c, count, weight, bias, eps, y):
+    """Reduce channel ``c``, then normalize it while it is in cache; returns ``(mean, m2, invstd)``."""
+    mu, q = channel_planes_moments(x, c)
+    r, s, t = affine_from_moments(mu, q, count, weight, bias, eps)
+    normalize_channel(x, c, s, t, y)
+    return mu, q, r
+
+
+@njit(parallel=True, cache=True)
+def _train_planes(x, weight, bias, eps, y):
+    A, C, B = x.shape
+    mean, m2, invstd = np.empty(C), np.empty(C), np.empty(C)
+    for c in prange(C):
+        mean[c], m2[c], invstd[c] = _train_channel(x, c, float(A * B), weight[c], bias[c], eps, y)
+    return mean, m2, invstd
+
+
+@njit(cache=True)
+def _train_planes_serial(x, weight, bias, eps, y):
+    A, C, B = x.shape
+    mean, m2, invstd = np.empty(C), np.empty(C), np.empty(C)
+    for c in range(C):
+        mean[c], m2[c], invstd[c] = _train_channel(x, c, float(A * B), weight[c], bias[c], eps, y)
+    return mean, m2, invstd
+
+
+@njit(cache=True)
+def _rows_coefficients(mean, m2, A, B, weight, bias, eps):
+    """``invstd`` per channel, and ``scale``/``shift`` per column (W = C * B) of the rows view."""
+    C = mean.size
+    invstd = np.empty(C)
+    scale = np.empty(C * B)
+    shift = np.empty(C * B)
+    for c in range(C):
+        r, s, t = affine_from_moments(mean[c], m2[c], float(A * B), weight[c], bias[c], eps)
+        invstd[c] = r
+        for b in range(B):
+            scale[c * B + b] = s
+            shift[c * B + b] = t
+    return invstd, scale, shift
+
+
+@njit(parallel=True, cache=True)
+def _train_rows(x2, B, weight, bias, eps, y2):
+    A, W = x2.shape
+    mean, m2 = _moments_rows(x2, B)
+    invstd, scale, shift = _rows_coefficients(mean, m2, A, B, weight, bias, eps)
+    # Same pieces as the reduction, and the same piece to the same thread
+    # (static schedule): a piece is often still in that thread's cache.
+    rows, pieces = row_pieces(A, W)
+    for k in prange(pieces):
+        normalize_rows_piece(x2, k * rows, min((k + 1) * rows, A), scale, shift, y2)
+    return mean, m2, invstd
+
+
+@njit(cache=True)
+def _train_rows_serial(x2, B, weight, bias, eps, y2):
+    A, W = x2.shape
+    mean, m2 = _moments_rows_serial(x2, B)
+    invstd, scale, shift = _rows_coefficients(mean, m2, A, B, weight, bias, eps)
+    normalize_rows_piece(x2, 0, A, scale, shift, y2)
+    return mean, m2, invstd
+
+
+def forward_train(x3, weight, bias, eps, y3):
+    """Normalize ``x3`` into ``y3`` with its own statistics; returns float64 ``(mean, m2, invstd)``.
+
+    ``weight`` and ``bias`` are float64 vectors (ones and zeros stand for None).
+    Training needs ``A * B >= 2``, which the public API checks.
+    """
+    A, C, B = x3.shape
+    one_thread = serial(x3.size)
+    if B < ROWS_MAX_B:
+        kernel = _train_rows_serial if one_thread else _train_rows
+        return kernel(x3.reshape(A, C * B), B, weight, bias, eps, y3.reshape(A, C * B))
+    kernel = _train_planes_serial if one_thread else _train_planes
+    return kernel(x3, weight, bias, eps, y3)
