@@ -28,7 +28,9 @@ def _as_float64(v):
 
 def _view3(a, lay):
     """C-contiguous (A, C, B) view in the compute dtype (copies only if needed)."""
-    a = np.ascontiguousarray(a, dtype=compute_dtype(a.dtype))
+    dtype = compute_dtype(a.dtype)
+    if a.dtype is not dtype or not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a, dtype=dtype)
     return a.reshape(lay.A, lay.C, lay.B)
 
 
@@ -108,7 +110,7 @@ def forward_train(x, lay, weight, bias, eps, out, running_mean, running_var, mom
         cm.blend_running(running_mean, mean, momentum)
         cm.blend_running(running_var, m2 / (lay.count - 1), momentum)
     dtype = stats_dtype(x.dtype)
-    return y, mean.astype(dtype), invstd.astype(dtype)
+    return y, mean.astype(dtype, copy=False), invstd.astype(dtype, copy=False)
 
 
 def forward_infer(x, lay, running_mean, running_var, weight, bias, eps, out):
