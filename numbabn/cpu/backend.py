@@ -107,15 +107,19 @@ def forward_train(x, lay, weight, bias, eps, out, running_mean, running_var, mom
         x3, _vector_or(weight, 1.0, lay.C), _vector_or(bias, 0.0, lay.C), eps, y3)
     y = _finish(y3, direct, x, out)
     if running_mean is not None:
-        cm.blend_running(running_mean, mean, momentum)
-        cm.blend_running(running_var, m2 / (lay.count - 1), momentum)
+        _forward.update_running(running_mean, running_var, mean, m2, lay.count, momentum)
     dtype = stats_dtype(x.dtype)
     return y, mean.astype(dtype, copy=False), invstd.astype(dtype, copy=False)
 
 
 def forward_infer(x, lay, running_mean, running_var, weight, bias, eps, out):
-    invstd = cm.invstd_from_var(_as_float64(running_var), eps)
-    return normalize(x, lay, running_mean, invstd, weight, bias, out)
+    x3 = _view3(x, lay)
+    scale, shift = _normalize.infer_coefficients(
+        _as_float64(running_mean), _as_float64(running_var), _vector_or(weight, 1.0, lay.C),
+        _vector_or(bias, 0.0, lay.C), bias is not None, eps)
+    y3, direct = _output3(out, lay, x3.dtype, x3)
+    _normalize.normalize(x3, scale, shift, y3)
+    return _finish(y3, direct, x, out)
 
 
 def backward_reduce(dy, x, lay, mean):
