@@ -143,13 +143,14 @@ def backward(dy, x, lay, mean, invstd, weight, training, out):
     dy3 = _view3(dy, lay)
     x3 = _view3(x, lay)
     dx3, direct = _output3(out, lay, dy3.dtype, dy3, x3)
+    invstd = _as_float64(invstd)
     if x3.size == 0:
         sum_dy, sum_dy_xmu = np.zeros(lay.C), np.zeros(lay.C)
     else:
         sum_dy, sum_dy_xmu = _backward.backward(
-            dy3, x3, _as_float64(mean), _as_float64(invstd), _vector_or(weight, 1.0, lay.C),
-            training, dx3)
+            dy3, x3, _as_float64(mean), invstd, _vector_or(weight, 1.0, lay.C), training, dx3)
     dx = _finish(dx3, direct, dy, out)
-    grad_dtype = np.dtype(weight.dtype) if weight is not None else stats_dtype(x.dtype)
-    dweight = (sum_dy_xmu * _as_float64(invstd)).astype(grad_dtype)
-    return dx, dweight, sum_dy.astype(grad_dtype)
+    grad_dtype = weight.dtype if weight is not None else stats_dtype(x.dtype)
+    # Both are fresh float64 vectors: no copy needed when the gradients are float64.
+    dweight = (sum_dy_xmu * invstd).astype(grad_dtype, copy=False)
+    return dx, dweight, sum_dy.astype(grad_dtype, copy=False)

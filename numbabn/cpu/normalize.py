@@ -112,8 +112,9 @@ def normalize(x3, scale, shift, y3):
     if B < ROWS_MAX_B:
         kernel = _normalize_rows_serial if one_thread else _normalize_rows
         # One coefficient per column of the (A, C * B) rows view.
-        kernel(x3.reshape(A, C * B), np.repeat(scale, B), np.repeat(shift, B),
-               y3.reshape(A, C * B))
+        if B > 1:
+            scale, shift = np.repeat(scale, B), np.repeat(shift, B)
+        kernel(x3.reshape(A, C * B), scale, shift, y3.reshape(A, C * B))
     elif one_thread:
         _normalize_channels_serial(x3, scale, shift, y3)
     else:
