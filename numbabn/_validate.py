@@ -59,8 +59,24 @@ def compute_dtype(dtype):
     return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
 
 
+#: Layouts already checked, by (shape, axis) with a plain-int axis (a few per model).
+_layouts = {}
+
+
 def layout(shape, axis):
     """Check ``axis`` against ``shape`` (rank >= 2) and return the (A, C, B) layout."""
+    cacheable = type(shape) is tuple and type(axis) is int
+    if cacheable:
+        lay = _layouts.get((shape, axis))
+        if lay is not None:
+            return lay
+    lay = _check_layout(shape, axis)
+    if cacheable and len(_layouts) < 1024:
+        _layouts[shape, axis] = lay
+    return lay
+
+
+def _check_layout(shape, axis):
     ndim = len(shape)
     if ndim < 2:
         raise ValueError(f"expected an input of rank 2 or more, got shape {tuple(shape)}")
