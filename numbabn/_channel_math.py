@@ -73,5 +73,11 @@ def backward_coefficients(invstd, weight, sum_dy, sum_dy_xmu, count, training):
 
 
 def blend_running(running, batch, momentum):
-    """``running <- (1 - momentum) * running + momentum * batch``, in place."""
-    running[...] = (1.0 - momentum) * running + momentum * batch
+    """``running <- (1 - momentum) * running + momentum * batch``, in place.
+
+    Two in-place ufuncs give the same roundings as the expression (the product
+    in ``running``'s dtype, the sum in float64 rounded once into ``running``)
+    without its temporaries.
+    """
+    running *= 1.0 - momentum
+    running += momentum * batch

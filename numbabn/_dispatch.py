@@ -92,6 +92,8 @@ def select_backend(device, x, *arrays):
     device with a device ``x``, on the host with a host ``x``.  Per-channel
     vectors are not checked here: the CUDA backend moves host ones itself.
     """
+    if type(device) is str and device in ("auto", "cpu") and _all_host(x, arrays):
+        return _cpu_backend()
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     check_placement(x, **dict(zip(("dy", "out"), arrays)))
@@ -105,6 +107,26 @@ def select_backend(device, x, *arrays):
             "x is a CUDA device array but device='cpu' was asked for; "
             "copy it to the host first or use device='auto'"
         )
-    from .cpu import backend
+    return _cpu_backend()
 
-    return backend
+
+def _all_host(x, arrays):
+    """True when ``x`` and every other array is a plain NumPy array (or None): the common case."""
+    if type(x) is not np.ndarray:
+        return False
+    for a in arrays:
+        if a is not None and type(a) is not np.ndarray:
+            return False
+    return True
+
+
+_cpu = None
+
+
+def _cpu_backend():
+    global _cpu
+    if _cpu is None:  # imported on first use: importing numbabn compiles nothing
+        from .cpu import backend
+
+        _cpu = backend
+    return _cpu

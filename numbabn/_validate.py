@@ -13,6 +13,11 @@ import numpy as np
 #: Floating dtypes the kernels serve.  float16 is computed in float32.
 SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
+# The checks below first test the common case by identity (native dtypes are
+# singletons, ``type(v) is float``), which costs a few nanoseconds, and only
+# then run the general check that raises the message.
+_F16, _F32, _F64 = SUPPORTED_DTYPES
+
 
 class Layout(NamedTuple):
     """An input seen as (A, C, B): axes before the channel, channels, axes after."""
@@ -30,6 +35,8 @@ class Layout(NamedTuple):
 
 def float_dtype(name, dtype):
     """Return ``dtype`` if it is float16/32/64, else raise ``TypeError``."""
+    if dtype is _F32 or dtype is _F64 or dtype is _F16:
+        return dtype
     dtype = np.dtype(dtype)
     if dtype not in SUPPORTED_DTYPES:
         raise TypeError(
@@ -40,20 +47,42 @@ def float_dtype(name, dtype):
 
 def stats_dtype(dtype):
     """Dtype of saved statistics and default gradients: float64 for float64, else float32."""
+    if dtype is _F64 or dtype is _F32:
+        return dtype
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
 
 def compute_dtype(dtype):
     """Dtype the kernels read and write: float16 is widened to float32."""
+    if dtype is _F32 or dtype is _F64:
+        return dtype
     return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
+
+
+#: Layouts already checked, by (shape, axis) with a plain-int axis (a few per model).
+_layouts = {}
 
 
 def layout(shape, axis):
     """Check ``axis`` against ``shape`` (rank >= 2) and return the (A, C, B) layout."""
+    cacheable = type(shape) is tuple and type(axis) is int
+    if cacheable:
+        lay = _layouts.get((shape, axis))
+        if lay is not None:
+            return lay
+    lay = _check_layout(shape, axis)
+    if cacheable and len(_layouts) < 1024:
+        _layouts[shape, axis] = lay
+    return lay
+
+
+def _check_layout(shape, axis):
     ndim = len(shape)
     if ndim < 2:
         raise ValueError(f"expected an input of rank 2 or more, got shape {tuple(shape)}")
-    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
+    if type(axis) is not int and (
+        isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral)
+    ):
         raise TypeError(f"axis must be an integer, got {axis!r}")
     if not -ndim <= axis < ndim:
         raise ValueError(f"axis {axis} is out of range for an input of rank {ndim}")
@@ -100,6 +129,8 @@ def out_array(out, shape, dtype):
 
 
 def eps_value(eps):
+    if type(eps) is float and 0.0 < eps < math.inf:
+        return eps
     if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a real number, got {eps!r}")
     if not eps > 0 or not math.isfinite(eps):
@@ -108,6 +139,8 @@ def eps_value(eps):
 
 
 def momentum_value(momentum):
+    if type(momentum) is float and 0.0 <= momentum <= 1.0:
+        return momentum
     if isinstance(momentum, (bool, np.bool_)) or not isinstance(momentum, numbers.Real):
         raise TypeError(f"momentum must be a real number in [0, 1], got {momentum!r}")
     if not 0.0 <= momentum <= 1.0:

@@ -22,8 +22,9 @@ def _channel_inputs(backend, lay, **vectors):
     """Convert and check per-channel vectors; returns them in the given order."""
     result = []
     for name, vec in vectors.items():
-        vec = None if vec is None else _float_input(backend, name, vec)
-        result.append(v.channel_vector(name, vec, lay.C))
+        if vec is not None:
+            vec = v.channel_vector(name, _float_input(backend, name, vec), lay.C)
+        result.append(vec)
     return result
 
 

@@ -28,7 +28,9 @@ def _as_float64(v):
 
 def _view3(a, lay):
     """C-contiguous (A, C, B) view in the compute dtype (copies only if needed)."""
-    a = np.ascontiguousarray(a, dtype=compute_dtype(a.dtype))
+    dtype = compute_dtype(a.dtype)
+    if a.dtype is not dtype or not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a, dtype=dtype)
     return a.reshape(lay.A, lay.C, lay.B)
 
 
@@ -105,15 +107,19 @@ def forward_train(x, lay, weight, bias, eps, out, running_mean, running_var, mom
         x3, _vector_or(weight, 1.0, lay.C), _vector_or(bias, 0.0, lay.C), eps, y3)
     y = _finish(y3, direct, x, out)
     if running_mean is not None:
-        cm.blend_running(running_mean, mean, momentum)
-        cm.blend_running(running_var, m2 / (lay.count - 1), momentum)
+        _forward.update_running(running_mean, running_var, mean, m2, lay.count, momentum)
     dtype = stats_dtype(x.dtype)
-    return y, mean.astype(dtype), invstd.astype(dtype)
+    return y, mean.astype(dtype, copy=False), invstd.astype(dtype, copy=False)
 
 
 def forward_infer(x, lay, running_mean, running_var, weight, bias, eps, out):
-    invstd = cm.invstd_from_var(_as_float64(running_var), eps)
-    return normalize(x, lay, running_mean, invstd, weight, bias, out)
+    x3 = _view3(x, lay)
+    scale, shift = _normalize.infer_coefficients(
+        _as_float64(running_mean), _as_float64(running_var), _vector_or(weight, 1.0, lay.C),
+        _vector_or(bias, 0.0, lay.C), bias is not None, eps)
+    y3, direct = _output3(out, lay, x3.dtype, x3)
+    _normalize.normalize(x3, scale, shift, y3)
+    return _finish(y3, direct, x, out)
 
 
 def backward_reduce(dy, x, lay, mean):
@@ -137,13 +143,14 @@ def backward(dy, x, lay, mean, invstd, weight, training, out):
     dy3 = _view3(dy, lay)
     x3 = _view3(x, lay)
     dx3, direct = _output3(out, lay, dy3.dtype, dy3, x3)
+    invstd = _as_float64(invstd)
     if x3.size == 0:
         sum_dy, sum_dy_xmu = np.zeros(lay.C), np.zeros(lay.C)
     else:
         sum_dy, sum_dy_xmu = _backward.backward(
-            dy3, x3, _as_float64(mean), _as_float64(invstd), _vector_or(weight, 1.0, lay.C),
-            training, dx3)
+            dy3, x3, _as_float64(mean), invstd, _vector_or(weight, 1.0, lay.C), training, dx3)
     dx = _finish(dx3, direct, dy, out)
-    grad_dtype = np.dtype(weight.dtype) if weight is not None else stats_dtype(x.dtype)
-    dweight = (sum_dy_xmu * _as_float64(invstd)).astype(grad_dtype)
-    return dx, dweight, sum_dy.astype(grad_dtype)
+    grad_dtype = weight.dtype if weight is not None else stats_dtype(x.dtype)
+    # Both are fresh float64 vectors: no copy needed when the gradients are float64.
+    dweight = (sum_dy_xmu * invstd).astype(grad_dtype, copy=False)
+    return dx, dweight, sum_dy.astype(grad_dtype, copy=False)

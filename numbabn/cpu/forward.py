@@ -28,6 +28,7 @@ Each has a serial twin for small inputs.
 import numpy as np
 from numba import njit, prange
 
+from .._channel_math import blend_running
 from ._chunks import ROWS_MAX_B, row_pieces, serial
 from .moments import _moments_rows, _moments_rows_serial, channel_planes_moments
 from .normalize import normalize_channel, normalize_rows_piece
@@ -119,3 +120,41 @@ def forward_train(x3, weight, bias, eps, y3):
         return kernel(x3.reshape(A, C * B), B, weight, bias, eps, y3.reshape(A, C * B))
     kernel = _train_planes_serial if one_thread else _train_planes
     return kernel(x3, weight, bias, eps, y3)
+
+
+@njit(cache=True, error_model="numpy")
+def _blend_running_pair(running_mean, running_var, keep_mean, keep_var, mean, m2, count,
+                        momentum):
+    """Both running updates in one loop, rounded as :func:`numbabn._channel_math.blend_running`.
+
+    ``keep_*`` is ``1 - momentum`` in the buffer's dtype: NumPy multiplies a
+    buffer by a Python float in the buffer's dtype, then adds the float64
+    ``momentum * batch`` in float64 and rounds once on the store.
+    """
+    for c in range(mean.size):
+        running_mean[c] = keep_mean * running_mean[c] + momentum * mean[c]
+        running_var[c] = keep_var * running_var[c] + momentum * (m2[c] / (count - 1))
+
+
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def update_running(running_mean, running_var, mean, m2, count, momentum):
+    r"""Blend the batch statistics into the running buffers, in place.
+
+    .. math::
+
+        \hat\mu \leftarrow (1 - m)\,\hat\mu + m\,\mu_B, \qquad
+        \hat\sigma^2 \leftarrow (1 - m)\,\hat\sigma^2 + m\,\frac{M_2}{M - 1}
+
+    One compiled loop instead of a handful of NumPy calls on C values; other
+    dtypes (float16) go through :func:`numbabn._channel_math.blend_running`.
+    """
+    dm, dv = running_mean.dtype, running_var.dtype
+    if dm in _KERNEL_DTYPES and dv in _KERNEL_DTYPES:
+        keep = 1.0 - momentum
+        _blend_running_pair(running_mean, running_var, dm.type(keep), dv.type(keep), mean, m2,
+                            float(count), momentum)
+    else:
+        blend_running(running_mean, mean, momentum)
+        blend_running(running_var, m2 / (count - 1), momentum)

@@ -18,6 +18,25 @@ from numba import njit, prange, uint64
 from ._chunks import CHANNEL_JOBS_MIN_C, ROWS_MAX_B, job_index, plane_pieces, row_pieces, serial
 
 
+@njit(cache=True, error_model="numpy")  # a variance of -eps gives inf, not ZeroDivisionError
+def infer_coefficients(mean, var, weight, bias, has_bias, eps):
+    """Per-channel float64 ``(scale, shift)`` from running statistics, in one loop.
+
+    The arithmetic of :func:`numbabn._channel_math.invstd_from_var` and
+    :func:`numbabn._channel_math.affine_coefficients` (``weight`` holds ones
+    for a missing weight, a bias of None adds nothing), without their
+    temporaries.
+    """
+    C = mean.size
+    scale = np.empty(C)
+    shift = np.empty(C)
+    for c in range(C):
+        s = 1.0 / np.sqrt(var[c] + eps) * weight[c]
+        scale[c] = s
+        shift[c] = -mean[c] * s + bias[c] if has_bias else -mean[c] * s
+    return scale, shift
+
+
 @njit(cache=True)
 def normalize_channel(x, c, s, t, y):
     """``y[:, c] = x[:, c] * s + t`` for one channel of (A, C, B) arrays.
@@ -93,8 +112,9 @@ def normalize(x3, scale, shift, y3):
     if B < ROWS_MAX_B:
         kernel = _normalize_rows_serial if one_thread else _normalize_rows
         # One coefficient per column of the (A, C * B) rows view.
-        kernel(x3.reshape(A, C * B), np.repeat(scale, B), np.repeat(shift, B),
-               y3.reshape(A, C * B))
+        if B > 1:
+            scale, shift = np.repeat(scale, B), np.repeat(shift, B)
+        kernel(x3.reshape(A, C * B), scale, shift, y3.reshape(A, C * B))
     elif one_thread:
         _normalize_channels_serial(x3, scale, shift, y3)
     else:
