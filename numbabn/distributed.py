@@ -124,20 +124,9 @@ def sync_batch_norm_forward(x, weight=None, bias=None, *, comm, eps=1e-5, axis=1
     invstd = cm.invstd_from_var(m2 / count, eps)
     y = backend.normalize(x, lay, mean, invstd, weight, bias, out)
     if running_mean is not None:
-        _blend_running(running_mean, mean, momentum)
-        _blend_running(running_var, m2 / (count - 1), momentum)
+        backend.update_running(running_mean, running_var, mean, m2, count, momentum)
     dtype = v.stats_dtype(x.dtype)
     return y, mean.astype(dtype), invstd.astype(dtype)
-
-
-def _blend_running(running, batch, momentum):
-    """The running-average update in place; a device buffer goes through the host (C values)."""
-    if hasattr(running, "copy_to_host"):  # a Numba device array, as layers hold after to("cuda")
-        host = running.copy_to_host()
-        cm.blend_running(host, batch, momentum)
-        running.copy_to_device(host)
-    else:
-        cm.blend_running(running, batch, momentum)
 
 
 def _check_comm(comm):

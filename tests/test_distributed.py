@@ -286,13 +286,19 @@ def test_eval_without_running_stats_uses_the_local_batch(rng):
 
 
 def test_device_running_buffers_are_updated_through_the_host():
-    """Numba device arrays (CUDA simulator, its own process): the C-value staging path."""
+    """Numba device arrays (CUDA simulator, its own process): the C-value staging path.
+
+    The MPI layer merges statistics on the host and hands them to the
+    backend's ``update_running``; on the CUDA backend that stages device
+    buffers through the host.
+    """
     code = (
-        "import numpy as np; from numba import cuda; from numbabn import distributed as d; "
-        "r = cuda.to_device(np.array([1.0, 2.0])); "
-        "d._blend_running(r, np.array([3.0, 6.0]), 0.25); print(r.copy_to_host().tolist())"
+        "import numpy as np; from numba import cuda; from numbabn.cuda import backend as b; "
+        "r = cuda.to_device(np.array([1.0, 2.0])); v = cuda.to_device(np.array([1.0, 1.0])); "
+        "b.update_running(r, v, np.array([3.0, 6.0]), np.array([2.0, 4.0]), 3, 0.25); "
+        "print(r.copy_to_host().tolist(), v.copy_to_host().tolist())"
     )
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=env, check=True)
-    assert result.stdout.split() == ["[1.5,", "3.0]"]
+    assert result.stdout.split() == ["[1.5,", "3.0]", "[1.0,", "1.25]"]

@@ -107,9 +107,14 @@ def forward_train(x, lay, weight, bias, eps, out, running_mean, running_var, mom
         x3, _vector_or(weight, 1.0, lay.C), _vector_or(bias, 0.0, lay.C), eps, y3)
     y = _finish(y3, direct, x, out)
     if running_mean is not None:
-        _forward.update_running(running_mean, running_var, mean, m2, lay.count, momentum)
+        update_running(running_mean, running_var, mean, m2, lay.count, momentum)
     dtype = stats_dtype(x.dtype)
     return y, mean.astype(dtype, copy=False), invstd.astype(dtype, copy=False)
+
+
+def update_running(running_mean, running_var, mean, m2, count, momentum):
+    """Blend float64 batch statistics (mean and M2 of ``count`` values) into the running buffers."""
+    _forward.update_running(running_mean, running_var, mean, m2, count, momentum)
 
 
 def forward_infer(x, lay, running_mean, running_var, weight, bias, eps, out):

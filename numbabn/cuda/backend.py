@@ -325,6 +325,22 @@ def forward_train(x, lay, weight, bias, eps, out, running_mean, running_var, mom
     return y, _deliver_vector(saved[0], plan), _deliver_vector(saved[1], plan)
 
 
+def update_running(running_mean, running_var, mean, m2, count, momentum):
+    """Blend host float64 batch statistics (mean and M2 of ``count`` values) into the running buffers.
+
+    For statistics merged on the host (the MPI layer): device buffers are
+    updated through the host, C values each way; host buffers in place.
+    """
+    for buffer, batch in ((running_mean, mean), (running_var, m2 / (count - 1))):
+        if rt.is_device_array(buffer):
+            view = rt.device_view(buffer)
+            staged = view.copy_to_host()
+            cm.blend_running(staged, batch, momentum)
+            view.copy_to_device(staged)
+        else:
+            cm.blend_running(buffer, batch, momentum)
+
+
 def _copy_back(host_buffer, device_buffer):
     """Write a device copy of a host running buffer back into it (device ones need nothing)."""
     if host_buffer is not None and not rt.is_device_array(host_buffer):
