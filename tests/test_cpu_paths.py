@@ -4,7 +4,6 @@ Serial and parallel twins, the fused forward/backward and the split
 moments/normalize and reduce/apply paths (which the MPI layer uses) must give
 identical bits, or results would depend on the thread count or on the path.
 """
-import hashlib
 import os
 import subprocess
 import sys
