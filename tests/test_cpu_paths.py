@@ -17,10 +17,11 @@ from numbabn import _validate as v
 from numbabn.cpu import _chunks
 from numbabn.cpu import backend
 
-# (shape, axis): planes layout with grouped planes, split planes and few channels;
+# (shape, axis): blocks layout (16 <= B < 512) with one and with several row groups
+# per block; planes layout with grouped planes, split planes and few channels;
 # rows layout (2-D, channels-last, 1 < B < 16).
-SHAPES = [((6, 16, 12, 12), 1), ((2, 3, 20000), 1), ((300, 40), 1), ((4, 6, 6, 24), -1),
-          ((50, 12, 3), 1)]
+SHAPES = [((6, 16, 12, 12), 1), ((700, 3, 100), 1), ((6, 4, 600), 1), ((2, 3, 20000), 1),
+          ((300, 40), 1), ((4, 6, 6, 24), -1), ((50, 12, 3), 1)]
 
 
 def _all_outputs(x, dy, w, b, axis):

@@ -234,8 +234,11 @@ class TestChannelMoments:
         naive = (x64 * x64).mean(axis=(0, 2)) - x64.mean(axis=(0, 2)) ** 2
         assert np.abs(naive / var_ref - 1).max() > 1e-6
 
-    @pytest.mark.parametrize("shape, axis", [((100000, 3), 1), ((50, 3, 4, 5), -1)])
-    def test_large_offset_channels_last(self, rng, shape, axis):
+    # channels-last and 2-D (rows layout); 7 x 7 and 250-element planes (blocks layout,
+    # the second with 16 groups of rows merged per channel)
+    @pytest.mark.parametrize("shape, axis", [((100000, 3), 1), ((50, 3, 4, 5), -1),
+                                             ((20000, 3, 7, 7), 1), ((4000, 2, 250), 1)])
+    def test_large_offset_other_layouts(self, rng, shape, axis):
         x = (1e4 + rng.standard_normal(shape)).astype(np.float32)
         _, var = nbn.channel_moments(x, axis=axis)
         np.testing.assert_allclose(var, ref.moments(x, axis=axis)[1], rtol=1e-6)

@@ -15,6 +15,17 @@ from numba import njit
 #: accumulators, so the inner loop runs along the contiguous channel axis.
 ROWS_MAX_B = 16
 
+#: From ROWS_MAX_B up to (not including) this many elements per (a, c) plane
+#: the "blocks" loop order is used: each piece of work is a block of whole
+#: channels ``x[:, c0:c1, :]`` read as rows of ``(c1 - c0) * B`` contiguous
+#: values, reduced column by column (the loops run along those rows), so no
+#: loop is as short as one plane.  Longer planes use the "planes" order.
+BLOCKS_MAX_B = 512
+
+#: In the blocks layout the channels are cut into at least this many blocks
+#: (when there are that many channels), so that threads can share them out.
+MIN_BLOCKS = 16
+
 #: Independent float64 accumulators in a plane reduction (eight 256-bit
 #: vectors), enough to hide the add latency; summed in a fixed order.
 #: Planes shorter than ``4 * LANES`` use ``SHORT_LANES``.
@@ -97,6 +108,22 @@ def row_pieces(A, W):
     """
     rows = max(ROW_PIECE_ELEMENTS // max(W, 1), 1)
     return rows, (A + rows - 1) // rows
+
+
+@njit(cache=True)
+def channel_blocks(A, C, B):
+    """``(channels_per_block, blocks, rows_per_group, groups)`` of the blocks layout.
+
+    A block of channels is reduced in groups of ``rows_per_group`` rows of the
+    (A, C * B) view, each group two passes over about ROW_PIECE_ELEMENTS
+    values (in L2); a channel's groups are then merged in order.  Blocks are
+    as wide as that budget allows, but there are at least MIN_BLOCKS of them
+    when there are that many channels.
+    """
+    rows = min(max(ROW_PIECE_ELEMENTS // max(B, 1), 1), max(A, 1))
+    groups = (A + rows - 1) // rows
+    per = max(min(ROW_PIECE_ELEMENTS // (rows * B), (C + MIN_BLOCKS - 1) // MIN_BLOCKS), 1)
+    return per, (C + per - 1) // per, rows, groups
 
 
 @njit(cache=True)

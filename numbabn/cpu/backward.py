@@ -21,7 +21,8 @@ For training-mode statistics :math:`k^{dy} = \gamma\sigma^{-1}`,
 frozen statistics only :math:`k^{dy}` is non-zero.
 
 :func:`backward` does both in one kernel call: with whole channels per thread
-(planes layout) a channel is differentiated right after it is reduced, while
+(planes layout) or blocks of whole channels (blocks layout, planes shorter
+than BLOCKS_MAX_B) a channel is differentiated right after it is reduced, while
 ``dy`` and ``x`` are still in cache, so memory sees about 3 x bytes instead of
 5 x.  The sums are accumulated in the same pieces and order as by
 :func:`backward_reduce`, so the fused and the split paths agree bit for bit.
@@ -30,9 +31,10 @@ import numpy as np
 from numba import float64, njit, prange, uint64
 
 from ._chunks import (
-    CHANNEL_JOBS_MIN_C, ROWS_MAX_B, channel_pieces, job_index, lanes_for, piece_bounds,
-    plane_pieces, row_pieces, serial,
+    BLOCKS_MAX_B, CHANNEL_JOBS_MIN_C, ROWS_MAX_B, channel_blocks, channel_pieces, job_index,
+    lanes_for, piece_bounds, plane_pieces, row_pieces, serial,
 )
+from .moments import segment_sum
 
 
 @njit(cache=True)
@@ -169,6 +171,105 @@ def apply_rows_piece(dy2, x2, a0, a1, mean, k_dy, k_x, k_0, dx2):
             out[j] = k_dy[j] * g[j] + k_x[j] * (v[j] - mean[j]) + k_0[j]
 
 
+@njit(cache=True)
+def column_sums(dy2, x2, a0, a1, off, centre, col_s, col_p):
+    """Column sums of ``dy`` and ``dy * (x - centre)`` over rows ``a0:a1``, columns ``off:off + W``.
+
+    Rows four at a time, as in :func:`numbabn.cpu.moments.column_sums`, so the
+    float64 column accumulators are loaded and stored a quarter as often.
+    """
+    W = col_s.size
+    for j in range(W):
+        col_s[j] = 0.0
+        col_p[j] = 0.0
+    quad_end = a0 + (a1 - a0) // 4 * 4
+    for a in range(a0, quad_end, 4):
+        g0 = dy2[a, off:off + W]
+        g1 = dy2[a + 1, off:off + W]
+        g2 = dy2[a + 2, off:off + W]
+        g3 = dy2[a + 3, off:off + W]
+        v0 = x2[a, off:off + W]
+        v1 = x2[a + 1, off:off + W]
+        v2 = x2[a + 2, off:off + W]
+        v3 = x2[a + 3, off:off + W]
+        for j in range(W):
+            mu = centre[j]
+            col_s[j] += (float64(g0[j]) + float64(g1[j])) + (float64(g2[j]) + float64(g3[j]))
+            col_p[j] += ((g0[j] * (v0[j] - mu) + g1[j] * (v1[j] - mu))
+                         + (g2[j] * (v2[j] - mu) + g3[j] * (v3[j] - mu)))
+    for a in range(quad_end, a1):
+        g = dy2[a, off:off + W]
+        v = x2[a, off:off + W]
+        for j in range(W):
+            col_s[j] += g[j]
+            col_p[j] += g[j] * (v[j] - centre[j])
+
+
+@njit(cache=True)
+def block_sums(dy2, x2, B, c0, c1, centre, sum_dy, sum_dy_xmu, col_s, col_p):
+    """``(S, P)`` of channels ``c0:c1`` of the (A, C * B) views, written into ``sum_dy``/``sum_dy_xmu``.
+
+    Per group of rows (:func:`numbabn.cpu._chunks.channel_blocks`): column
+    sums, then the B columns of each channel; groups are added in order.
+    ``centre`` holds each column's channel mean; ``col_s`` and ``col_p`` are
+    scratch space, all ``(c1 - c0) * B`` long.
+    """
+    A = x2.shape[0]
+    _, _, rows, groups = channel_blocks(A, x2.shape[1] // B, B)
+    off = c0 * B
+    for g in range(groups):
+        column_sums(dy2, x2, g * rows, min((g + 1) * rows, A), off, centre, col_s, col_p)
+        for k in range(c1 - c0):
+            s = segment_sum(col_s, k * B, B)
+            p = segment_sum(col_p, k * B, B)
+            if g == 0:
+                sum_dy[c0 + k] = s
+                sum_dy_xmu[c0 + k] = p
+            else:
+                sum_dy[c0 + k] += s
+                sum_dy_xmu[c0 + k] += p
+
+
+@njit(cache=True)
+def apply_columns(dy2, x2, a0, a1, off, centre, k_dy, k_x, k_0, dx2):
+    """dx over rows ``a0:a1``, columns ``off:off + W``, with W-wide coefficients.
+
+    Two rows at a time, so each coefficient loaded serves two elements.
+    """
+    W = centre.size
+    pair_end = a0 + (a1 - a0) // 2 * 2
+    for a in range(a0, pair_end, 2):
+        g0 = dy2[a, off:off + W]
+        g1 = dy2[a + 1, off:off + W]
+        v0 = x2[a, off:off + W]
+        v1 = x2[a + 1, off:off + W]
+        out0 = dx2[a, off:off + W]
+        out1 = dx2[a + 1, off:off + W]
+        for j in range(W):
+            u = k_dy[j]
+            w = k_x[j]
+            z = k_0[j]
+            mu = centre[j]
+            out0[j] = u * g0[j] + w * (v0[j] - mu) + z
+            out1[j] = u * g1[j] + w * (v1[j] - mu) + z
+    for a in range(pair_end, a1):
+        g = dy2[a, off:off + W]
+        v = x2[a, off:off + W]
+        out = dx2[a, off:off + W]
+        for j in range(W):
+            out[j] = k_dy[j] * g[j] + k_x[j] * (v[j] - centre[j]) + k_0[j]
+
+
+@njit(cache=True)
+def _block_centre(mean, c0, c1, B):
+    """Each column's channel mean, for channels ``c0:c1``."""
+    centre = np.empty((c1 - c0) * B)
+    for k in range(c1 - c0):
+        for b in range(B):
+            centre[k * B + b] = mean[c0 + k]
+    return centre
+
+
 # --- reduce ------------------------------------------------------------------------------
 
 @njit(parallel=True, cache=True)
@@ -213,6 +314,34 @@ def _reduce_rows_serial(dy2, x2, B, mean):
     for k in range(pieces):
         rows_piece_sums(dy2, x2, k * rows, min((k + 1) * rows, A), mean_w, part_s[k], part_p[k])
     return merge_row_sums(part_s, part_p, B)
+
+
+@njit(parallel=True, cache=True)
+def _reduce_blocks(dy2, x2, B, mean):
+    A, W = x2.shape
+    C = W // B
+    per, blocks, _, _ = channel_blocks(A, C, B)
+    sum_dy, sum_dy_xmu = np.empty(C), np.empty(C)
+    for k in prange(blocks):
+        c0, c1 = k * per, min((k + 1) * per, C)
+        scratch = np.empty((2, (c1 - c0) * B))
+        block_sums(dy2, x2, B, c0, c1, _block_centre(mean, c0, c1, B), sum_dy, sum_dy_xmu,
+                   scratch[0], scratch[1])
+    return sum_dy, sum_dy_xmu
+
+
+@njit(cache=True)
+def _reduce_blocks_serial(dy2, x2, B, mean):
+    A, W = x2.shape
+    C = W // B
+    per, blocks, _, _ = channel_blocks(A, C, B)
+    sum_dy, sum_dy_xmu = np.empty(C), np.empty(C)
+    for k in range(blocks):
+        c0, c1 = k * per, min((k + 1) * per, C)
+        scratch = np.empty((2, (c1 - c0) * B))
+        block_sums(dy2, x2, B, c0, c1, _block_centre(mean, c0, c1, B), sum_dy, sum_dy_xmu,
+                   scratch[0], scratch[1])
+    return sum_dy, sum_dy_xmu
 
 
 # --- apply -------------------------------------------------------------------------------
@@ -332,6 +461,48 @@ def _backward_rows_serial(dy2, x2, B, mean, invstd, weight, training, dx2):
     return sum_dy, sum_dy_xmu
 
 
+@njit(cache=True)
+def _backward_block(dy2, x2, B, c0, c1, mean, invstd, weight, training, dx2, sum_dy, sum_dy_xmu):
+    """Reduce channels ``c0:c1`` of the (A, C * B) views, then write their dx while in cache."""
+    W = (c1 - c0) * B
+    centre = _block_centre(mean, c0, c1, B)
+    k_dy, k_x, k_0 = np.empty(W), np.empty(W), np.empty(W)
+    block_sums(dy2, x2, B, c0, c1, centre, sum_dy, sum_dy_xmu, k_dy, k_x)  # k_*: scratch here
+    m = float(max(x2.shape[0] * B, 1))
+    for k in range(c1 - c0):
+        c = c0 + k
+        u, w, z = coefficients(invstd[c], weight[c], sum_dy[c], sum_dy_xmu[c], m, training)
+        for b in range(B):
+            k_dy[k * B + b] = u
+            k_x[k * B + b] = w
+            k_0[k * B + b] = z
+    apply_columns(dy2, x2, 0, x2.shape[0], c0 * B, centre, k_dy, k_x, k_0, dx2)
+
+
+@njit(parallel=True, cache=True)
+def _backward_blocks(dy2, x2, B, mean, invstd, weight, training, dx2):
+    A, W = x2.shape
+    C = W // B
+    per, blocks, _, _ = channel_blocks(A, C, B)
+    sum_dy, sum_dy_xmu = np.empty(C), np.empty(C)
+    for k in prange(blocks):
+        _backward_block(dy2, x2, B, k * per, min((k + 1) * per, C), mean, invstd, weight,
+                        training, dx2, sum_dy, sum_dy_xmu)
+    return sum_dy, sum_dy_xmu
+
+
+@njit(cache=True)
+def _backward_blocks_serial(dy2, x2, B, mean, invstd, weight, training, dx2):
+    A, W = x2.shape
+    C = W // B
+    per, blocks, _, _ = channel_blocks(A, C, B)
+    sum_dy, sum_dy_xmu = np.empty(C), np.empty(C)
+    for k in range(blocks):
+        _backward_block(dy2, x2, B, k * per, min((k + 1) * per, C), mean, invstd, weight,
+                        training, dx2, sum_dy, sum_dy_xmu)
+    return sum_dy, sum_dy_xmu
+
+
 # --- entry points ------------------------------------------------------------------------
 
 def _rows2(a3):
@@ -347,6 +518,9 @@ def backward_reduce(dy3, x3, mean):
     one_thread = serial(x3.size)
     if B < ROWS_MAX_B:
         kernel = _reduce_rows_serial if one_thread else _reduce_rows
+        return kernel(_rows2(dy3), _rows2(x3), B, mean)
+    if B < BLOCKS_MAX_B:
+        kernel = _reduce_blocks_serial if one_thread else _reduce_blocks
         return kernel(_rows2(dy3), _rows2(x3), B, mean)
     return (_reduce_channels_serial if one_thread else _reduce_channels)(dy3, x3, mean)
 
@@ -378,6 +552,9 @@ def backward(dy3, x3, mean, invstd, weight, training, dx3):
     one_thread = serial(x3.size)
     if B < ROWS_MAX_B:
         kernel = _backward_rows_serial if one_thread else _backward_rows
+        return kernel(_rows2(dy3), _rows2(x3), B, mean, invstd, weight, training, _rows2(dx3))
+    if B < BLOCKS_MAX_B:
+        kernel = _backward_blocks_serial if one_thread else _backward_blocks
         return kernel(_rows2(dy3), _rows2(x3), B, mean, invstd, weight, training, _rows2(dx3))
     kernel = _backward_planes_serial if one_thread else _backward_planes
     return kernel(dy3, x3, mean, invstd, weight, training, dx3)

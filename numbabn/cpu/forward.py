@@ -13,11 +13,14 @@ statistics are bit-identical), then finalizes in float64
 (the formulas of :mod:`numbabn._channel_math`) and writes
 ``y = x * scale + shift``.
 
-Two loop orders:
+Three loop orders:
 
-- planes (B >= ROWS_MAX_B): each thread takes whole
+- planes (B >= BLOCKS_MAX_B): each thread takes whole
   channels and normalizes a channel right after reducing it, while it is still
   in cache, so memory sees about 2 x bytes instead of 3 x;
+- blocks (ROWS_MAX_B <= B < BLOCKS_MAX_B): the same, with blocks of whole
+  channels reduced and normalized along rows of the (A, C * B) view, so no
+  loop is as short as one plane;
 - rows (B < ROWS_MAX_B): one parallel pass reduces blocks of rows into
   (C * B)-wide partial statistics, the partials are merged in order, and a
   second parallel pass over the same blocks (the same thread gets the same
@@ -29,9 +32,9 @@ import numpy as np
 from numba import njit, prange
 
 from .._channel_math import blend_running
-from ._chunks import ROWS_MAX_B, row_pieces, serial
-from .moments import _moments_rows, _moments_rows_serial, channel_planes_moments
-from .normalize import normalize_channel, normalize_rows_piece
+from ._chunks import BLOCKS_MAX_B, ROWS_MAX_B, channel_blocks, row_pieces, serial
+from .moments import _moments_rows, _moments_rows_serial, block_moments, channel_planes_moments
+from .normalize import normalize_channel, normalize_columns, normalize_rows_piece
 
 
 @njit(cache=True)
@@ -107,6 +110,44 @@ def _train_rows_serial(x2, B, weight, bias, eps, y2):
     return mean, m2, invstd
 
 
+@njit(cache=True)
+def _train_block(x2, B, c0, c1, weight, bias, eps, y2, mean, m2, invstd):
+    """Reduce channels ``c0:c1`` of the (A, C * B) view, then normalize them while they are in cache."""
+    A = x2.shape[0]
+    scale = np.empty((c1 - c0) * B)
+    shift = np.empty((c1 - c0) * B)
+    block_moments(x2, B, c0, c1, mean, m2, scale, shift)  # scale, shift: scratch space here
+    for k in range(c1 - c0):
+        c = c0 + k
+        invstd[c], s, t = affine_from_moments(mean[c], m2[c], float(A * B), weight[c], bias[c], eps)
+        for b in range(B):
+            scale[k * B + b] = s
+            shift[k * B + b] = t
+    normalize_columns(x2, 0, A, c0 * B, scale, shift, y2)
+
+
+@njit(parallel=True, cache=True)
+def _train_blocks(x2, B, weight, bias, eps, y2):
+    A, W = x2.shape
+    C = W // B
+    per, blocks, _, _ = channel_blocks(A, C, B)
+    mean, m2, invstd = np.empty(C), np.empty(C), np.empty(C)
+    for k in prange(blocks):
+        _train_block(x2, B, k * per, min((k + 1) * per, C), weight, bias, eps, y2, mean, m2, invstd)
+    return mean, m2, invstd
+
+
+@njit(cache=True)
+def _train_blocks_serial(x2, B, weight, bias, eps, y2):
+    A, W = x2.shape
+    C = W // B
+    per, blocks, _, _ = channel_blocks(A, C, B)
+    mean, m2, invstd = np.empty(C), np.empty(C), np.empty(C)
+    for k in range(blocks):
+        _train_block(x2, B, k * per, min((k + 1) * per, C), weight, bias, eps, y2, mean, m2, invstd)
+    return mean, m2, invstd
+
+
 def forward_train(x3, weight, bias, eps, y3):
     """Normalize ``x3`` into ``y3`` with its own statistics; returns float64 ``(mean, m2, invstd)``.
 
@@ -117,6 +158,9 @@ def forward_train(x3, weight, bias, eps, y3):
     one_thread = serial(x3.size)
     if B < ROWS_MAX_B:
         kernel = _train_rows_serial if one_thread else _train_rows
+        return kernel(x3.reshape(A, C * B), B, weight, bias, eps, y3.reshape(A, C * B))
+    if B < BLOCKS_MAX_B:
+        kernel = _train_blocks_serial if one_thread else _train_blocks
         return kernel(x3.reshape(A, C * B), B, weight, bias, eps, y3.reshape(A, C * B))
     kernel = _train_planes_serial if one_thread else _train_planes
     return kernel(x3, weight, bias, eps, y3)

@@ -25,7 +25,8 @@ from numba import float64, njit, prange, uint64
 
 from .. import _channel_math
 from ._chunks import (
-    ROWS_MAX_B, channel_pieces, lanes_for, piece_bounds, row_pieces, serial,
+    BLOCKS_MAX_B, ROWS_MAX_B, channel_blocks, channel_pieces, lanes_for, piece_bounds, row_pieces,
+    serial,
 )
 
 
@@ -217,6 +218,146 @@ def _moments_rows_serial(x2, B):
     return merge_row_pieces(part_mean, part_m2, rows, A, B)
 
 
+# --- blocks: channels c0:c1 of the (A, C * B) view, 16 <= B < 512 ------------------------
+
+@njit(cache=True)
+def column_sums(x2, a0, a1, off, col):
+    """``col[j] = sum(x2[a0:a1, off + j])`` in float64 for ``j < len(col)``, rows four at a time.
+
+    As :func:`rows_piece_moments`: ``col += (r0 + r1) + (r2 + r3)``, an order
+    fixed by the shape alone; the loop runs along the rows, so it vectorizes.
+    """
+    W = col.size
+    for j in range(W):
+        col[j] = 0.0
+    quad_end = a0 + (a1 - a0) // 4 * 4
+    for a in range(a0, quad_end, 4):
+        r0 = x2[a, off:off + W]
+        r1 = x2[a + 1, off:off + W]
+        r2 = x2[a + 2, off:off + W]
+        r3 = x2[a + 3, off:off + W]
+        for j in range(W):
+            col[j] += (float64(r0[j]) + float64(r1[j])) + (float64(r2[j]) + float64(r3[j]))
+    for a in range(quad_end, a1):
+        row = x2[a, off:off + W]
+        for j in range(W):
+            col[j] += row[j]
+
+
+@njit(cache=True)
+def column_squares(x2, a0, a1, off, centre, col):
+    """``col[j] = sum((x2[a0:a1, off + j] - centre[j])**2)`` in float64, rows four at a time."""
+    W = col.size
+    for j in range(W):
+        col[j] = 0.0
+    quad_end = a0 + (a1 - a0) // 4 * 4
+    for a in range(a0, quad_end, 4):
+        r0 = x2[a, off:off + W]
+        r1 = x2[a + 1, off:off + W]
+        r2 = x2[a + 2, off:off + W]
+        r3 = x2[a + 3, off:off + W]
+        for j in range(W):
+            mu = centre[j]
+            d0 = r0[j] - mu
+            d1 = r1[j] - mu
+            d2 = r2[j] - mu
+            d3 = r3[j] - mu
+            col[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+    for a in range(quad_end, a1):
+        row = x2[a, off:off + W]
+        for j in range(W):
+            d = row[j] - centre[j]
+            col[j] += d * d
+
+
+@njit(cache=True)
+def segment_sum(v, start, length):
+    """``sum(v[start:start + length])`` with four independent partial sums, added in a fixed order.
+
+    Unsigned indices, as in :func:`_sum`: with signed ones every load carries
+    a negative-index check, which more than doubles the time of a short sum.
+    """
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    first = uint64(start)
+    for r in range(length // 4):
+        i = first + uint64(4 * r)
+        s0 += v[i]
+        s1 += v[i + uint64(1)]
+        s2 += v[i + uint64(2)]
+        s3 += v[i + uint64(3)]
+    total = (s0 + s1) + (s2 + s3)
+    for j in range(length // 4 * 4, length):
+        total += v[first + uint64(j)]
+    return total
+
+
+@njit(cache=True)
+def block_moments(x2, B, c0, c1, mean, m2, col, centre):
+    """Mean and M2 of channels ``c0:c1`` of the (A, C * B) view, written into ``mean``/``m2``.
+
+    Each group of rows (:func:`numbabn.cpu._chunks.channel_blocks`) is reduced
+    with an exact two pass computation, column sums first and then the B
+    columns of each channel; the groups of a channel are merged in order with
+    Chan's formula.  ``col`` and ``centre`` are scratch space of
+    ``(c1 - c0) * B`` values.
+    """
+    A = x2.shape[0]
+    _, _, rows, groups = channel_blocks(A, x2.shape[1] // B, B)
+    off = c0 * B
+    for g in range(groups):
+        a0 = g * rows
+        a1 = min(a0 + rows, A)
+        n = float((a1 - a0) * B)
+        column_sums(x2, a0, a1, off, col)
+        for k in range(c1 - c0):
+            mu = segment_sum(col, k * B, B) / n
+            for b in range(B):
+                centre[k * B + b] = mu
+        column_squares(x2, a0, a1, off, centre, col)
+        for k in range(c1 - c0):
+            mu = centre[k * B]
+            q = segment_sum(col, k * B, B)
+            if g == 0:
+                mean[c0 + k] = mu
+                m2[c0 + k] = q
+            else:
+                _, mean[c0 + k], m2[c0 + k] = chan_merge(
+                    float(a0 * B), mean[c0 + k], m2[c0 + k], n, mu, q)
+
+
+@njit(parallel=True, cache=True)
+def _moments_blocks(x2, B):
+    A, W = x2.shape
+    C = W // B
+    per, blocks, _, _ = channel_blocks(A, C, B)
+    mean = np.empty(C)
+    m2 = np.empty(C)
+    for k in prange(blocks):
+        c0 = k * per
+        c1 = min(c0 + per, C)
+        scratch = np.empty((2, (c1 - c0) * B))
+        block_moments(x2, B, c0, c1, mean, m2, scratch[0], scratch[1])
+    return mean, m2
+
+
+@njit(cache=True)
+def _moments_blocks_serial(x2, B):
+    A, W = x2.shape
+    C = W // B
+    per, blocks, _, _ = channel_blocks(A, C, B)
+    mean = np.empty(C)
+    m2 = np.empty(C)
+    for k in range(blocks):
+        c0 = k * per
+        c1 = min(c0 + per, C)
+        scratch = np.empty((2, (c1 - c0) * B))
+        block_moments(x2, B, c0, c1, mean, m2, scratch[0], scratch[1])
+    return mean, m2
+
+
 def moments(x3):
     """Per-channel ``(mean, m2)`` in float64 of a C-contiguous (A, C, B) array.
 
@@ -229,5 +370,8 @@ def moments(x3):
     one_thread = serial(x3.size)
     if B < ROWS_MAX_B:
         kernel = _moments_rows_serial if one_thread else _moments_rows
+        return kernel(x3.reshape(A, C * B), B)
+    if B < BLOCKS_MAX_B:
+        kernel = _moments_blocks_serial if one_thread else _moments_blocks
         return kernel(x3.reshape(A, C * B), B)
     return (_moments_planes_serial if one_thread else _moments_planes)(x3)

@@ -63,6 +63,17 @@ def normalize_rows_piece(x2, a0, a1, scale, shift, y2):
             yr[j] = xr[j] * scale[j] + shift[j]
 
 
+@njit(cache=True)
+def normalize_columns(x2, a0, a1, off, scale, shift, y2):
+    """Columns ``off:off + len(scale)`` of rows ``a0:a1`` of (A, W) arrays, one coefficient per column."""
+    W = scale.size
+    for a in range(a0, a1):
+        xr = x2[a, off:off + W]
+        yr = y2[a, off:off + W]
+        for j in range(W):
+            yr[j] = xr[j] * scale[j] + shift[j]
+
+
 @njit(parallel=True, cache=True)
 def _normalize_planes(x, scale, shift, y):
     A, C, B = x.shape
