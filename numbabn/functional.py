@@ -5,11 +5,16 @@ call that raises leaves ``running_mean``, ``running_var`` and ``out`` exactly
 as they were.  The channel axis is ``axis`` (1 for ``(N, C, ...)``, -1 for
 channels-last); every other axis is reduced over.
 """
+import numpy as np
+
 from . import _validate as v
 from ._dispatch import select_backend
 
 
 def _float_input(backend, name, a):
+    if type(a) is np.ndarray:  # the common case: nothing to convert
+        v.float_dtype(name, a.dtype)
+        return a
     try:
         a = backend.asarray(a)
     except (TypeError, ValueError) as err:
@@ -18,14 +23,11 @@ def _float_input(backend, name, a):
     return a
 
 
-def _channel_inputs(backend, lay, **vectors):
-    """Convert and check per-channel vectors; returns them in the given order."""
-    result = []
-    for name, vec in vectors.items():
-        if vec is not None:
-            vec = v.channel_vector(name, _float_input(backend, name, vec), lay.C)
-        result.append(vec)
-    return result
+def _channel_input(backend, name, vec, lay):
+    """Convert and check an optional per-channel vector."""
+    if vec is None:
+        return None
+    return v.channel_vector(name, _float_input(backend, name, vec), lay.C)
 
 
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
@@ -83,10 +85,10 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
     backend = select_backend(device, x, None, out)
     x = _float_input(backend, "x", x)
     lay = v.layout(x.shape, axis)
-    running_mean, running_var, weight, bias = _channel_inputs(
-        backend, lay, running_mean=running_mean, running_var=running_var,
-        weight=weight, bias=bias,
-    )
+    running_mean = _channel_input(backend, "running_mean", running_mean, lay)
+    running_var = _channel_input(backend, "running_var", running_var, lay)
+    weight = _channel_input(backend, "weight", weight, lay)
+    bias = _channel_input(backend, "bias", bias, lay)
     eps = v.eps_value(eps)
     out = v.out_array(out, x.shape, x.dtype)
     if training:
@@ -127,10 +129,10 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=1, out=None,
     backend = select_backend(device, x, None, out)
     x = _float_input(backend, "x", x)
     lay = v.layout(x.shape, axis)
-    weight, bias, running_mean, running_var = _channel_inputs(
-        backend, lay, weight=weight, bias=bias, running_mean=running_mean,
-        running_var=running_var,
-    )
+    weight = _channel_input(backend, "weight", weight, lay)
+    bias = _channel_input(backend, "bias", bias, lay)
+    running_mean = _channel_input(backend, "running_mean", running_mean, lay)
+    running_var = _channel_input(backend, "running_var", running_var, lay)
     eps = v.eps_value(eps)
     out = v.out_array(out, x.shape, x.dtype)
     v.training_count(lay, x.shape)
@@ -186,7 +188,9 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, training=Tr
     v.same_shape("dy", dy, x.shape)
     if dy.dtype != x.dtype:
         raise TypeError(f"dy and x must have the same dtype, got {dy.dtype} and {x.dtype}")
-    mean, invstd, weight = _channel_inputs(backend, lay, mean=mean, invstd=invstd, weight=weight)
+    mean = _channel_input(backend, "mean", mean, lay)
+    invstd = _channel_input(backend, "invstd", invstd, lay)
+    weight = _channel_input(backend, "weight", weight, lay)
     if mean is None or invstd is None:
         raise ValueError("mean and invstd are required")
     out = v.out_array(out, x.shape, x.dtype)

@@ -16,6 +16,8 @@ from . import normalize as _normalize
 
 name = "cpu"
 
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+
 
 def asarray(a):
     """Host view of an array-like (no copy for NumPy arrays)."""
@@ -46,14 +48,14 @@ def _output3(out, lay, dtype, *inputs):
         out is not None
         and out.flags.c_contiguous
         and out.dtype == dtype
-        and all(_same_buffer(out, a) or not np.may_share_memory(out, a) for a in inputs)
+        and all(not np.may_share_memory(out, a) or _same_buffer(out, a) for a in inputs)
     ):
         return out.reshape(lay.A, lay.C, lay.B), True
     return np.empty((lay.A, lay.C, lay.B), dtype=dtype), False
 
 
 def _same_buffer(a, b):
-    return (
+    return a is b or (
         a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
         and a.size == b.size
     )
@@ -117,11 +119,21 @@ def update_running(running_mean, running_var, mean, m2, count, momentum):
     _forward.update_running(running_mean, running_var, mean, m2, count, momentum)
 
 
+def _native_vector(v):
+    """A per-channel vector as the compiled finalize steps read it: float32 and float64 as they
+    are (the arithmetic is float64 either way), float16 widened to float64."""
+    if (v.dtype is _F32 or v.dtype is _F64) and v.flags.c_contiguous:
+        return v
+    return np.ascontiguousarray(v, dtype=np.float64)
+
+
 def forward_infer(x, lay, running_mean, running_var, weight, bias, eps, out):
     x3 = _view3(x, lay)
     scale, shift = _normalize.infer_coefficients(
-        _as_float64(running_mean), _as_float64(running_var), _vector_or(weight, 1.0, lay.C),
-        _vector_or(bias, 0.0, lay.C), bias is not None, eps)
+        _native_vector(running_mean), _native_vector(running_var),
+        _vector_or(weight, 1.0, lay.C) if weight is None else _native_vector(weight),
+        _vector_or(bias, 0.0, lay.C) if bias is None else _native_vector(bias),
+        bias is not None, eps)
     y3, direct = _output3(out, lay, x3.dtype, x3)
     _normalize.normalize(x3, scale, shift, y3)
     return _finish(y3, direct, x, out)
