@@ -106,7 +106,11 @@ def row_pieces(A, W):
     The rows layout (B < ROWS_MAX_B) is read as a 2-D array of A rows and
     W = C * B columns, so inner loops run along whole contiguous rows.
     """
-    rows = max(ROW_PIECE_ELEMENTS // max(W, 1), 1)
+    most = max(ROW_PIECE_ELEMENTS // max(W, 1), 1)
+    pieces = max((A + most - 1) // most, 1)
+    # As many rows in every piece as the budget allows, shared evenly: 196 rows
+    # at 128 per piece are 98 + 98, not 128 + 68 (two threads, one waiting).
+    rows = (A + pieces - 1) // pieces
     return rows, (A + rows - 1) // rows
 
 
