@@ -231,33 +231,23 @@ def block_sums(dy2, x2, B, c0, c1, centre, sum_dy, sum_dy_xmu, col_s, col_p):
 
 
 @njit(cache=True)
-def apply_columns(dy2, x2, a0, a1, off, centre, k_dy, k_x, k_0, dx2):
-    """dx over rows ``a0:a1``, columns ``off:off + W``, with W-wide coefficients.
+def apply_block(dy2, x2, B, c0, mean, k_dy, k_x, k_0, dx2):
+    """dx of channels ``c0:c0 + len(k_dy)`` of the (A, C * B) views, per-channel coefficients.
 
-    Two rows at a time, so each coefficient loaded serves two elements.
+    Row by row, channel by channel, with unsigned indices (see
+    :func:`numbabn.cpu.moments._sum`): no per-column coefficient arrays to fill.
     """
-    W = centre.size
-    pair_end = a0 + (a1 - a0) // 2 * 2
-    for a in range(a0, pair_end, 2):
-        g0 = dy2[a, off:off + W]
-        g1 = dy2[a + 1, off:off + W]
-        v0 = x2[a, off:off + W]
-        v1 = x2[a + 1, off:off + W]
-        out0 = dx2[a, off:off + W]
-        out1 = dx2[a + 1, off:off + W]
-        for j in range(W):
-            u = k_dy[j]
-            w = k_x[j]
-            z = k_0[j]
-            mu = centre[j]
-            out0[j] = u * g0[j] + w * (v0[j] - mu) + z
-            out1[j] = u * g1[j] + w * (v1[j] - mu) + z
-    for a in range(pair_end, a1):
-        g = dy2[a, off:off + W]
-        v = x2[a, off:off + W]
-        out = dx2[a, off:off + W]
-        for j in range(W):
-            out[j] = k_dy[j] * g[j] + k_x[j] * (v[j] - centre[j]) + k_0[j]
+    for a in range(x2.shape[0]):
+        ua = uint64(a)
+        for k in range(k_dy.size):
+            mu = mean[c0 + k]
+            u = k_dy[k]
+            w = k_x[k]
+            z = k_0[k]
+            first = uint64((c0 + k) * B)
+            for b in range(B):
+                i = first + uint64(b)
+                dx2[ua, i] = u * dy2[ua, i] + w * (x2[ua, i] - mu) + z
 
 
 @njit(cache=True)
@@ -464,19 +454,16 @@ def _backward_rows_serial(dy2, x2, B, mean, invstd, weight, training, dx2):
 @njit(cache=True)
 def _backward_block(dy2, x2, B, c0, c1, mean, invstd, weight, training, dx2, sum_dy, sum_dy_xmu):
     """Reduce channels ``c0:c1`` of the (A, C * B) views, then write their dx while in cache."""
-    W = (c1 - c0) * B
-    centre = _block_centre(mean, c0, c1, B)
-    k_dy, k_x, k_0 = np.empty(W), np.empty(W), np.empty(W)
-    block_sums(dy2, x2, B, c0, c1, centre, sum_dy, sum_dy_xmu, k_dy, k_x)  # k_*: scratch here
+    scratch = np.empty((2, (c1 - c0) * B))
+    block_sums(dy2, x2, B, c0, c1, _block_centre(mean, c0, c1, B), sum_dy, sum_dy_xmu,
+               scratch[0], scratch[1])
     m = float(max(x2.shape[0] * B, 1))
+    k_dy, k_x, k_0 = np.empty(c1 - c0), np.empty(c1 - c0), np.empty(c1 - c0)
     for k in range(c1 - c0):
         c = c0 + k
-        u, w, z = coefficients(invstd[c], weight[c], sum_dy[c], sum_dy_xmu[c], m, training)
-        for b in range(B):
-            k_dy[k * B + b] = u
-            k_x[k * B + b] = w
-            k_0[k * B + b] = z
-    apply_columns(dy2, x2, 0, x2.shape[0], c0 * B, centre, k_dy, k_x, k_0, dx2)
+        k_dy[k], k_x[k], k_0[k] = coefficients(
+            invstd[c], weight[c], sum_dy[c], sum_dy_xmu[c], m, training)
+    apply_block(dy2, x2, B, c0, mean, k_dy, k_x, k_0, dx2)
 
 
 @njit(parallel=True, cache=True)

@@ -34,7 +34,7 @@ from numba import njit, prange
 from .._channel_math import blend_running
 from ._chunks import BLOCKS_MAX_B, ROWS_MAX_B, channel_blocks, row_pieces, serial
 from .moments import _moments_rows, _moments_rows_serial, block_moments, channel_planes_moments
-from .normalize import normalize_channel, normalize_columns, normalize_rows_piece
+from .normalize import normalize_block, normalize_channel, normalize_rows_piece
 
 
 @njit(cache=True)
@@ -113,17 +113,15 @@ def _train_rows_serial(x2, B, weight, bias, eps, y2):
 @njit(cache=True)
 def _train_block(x2, B, c0, c1, weight, bias, eps, y2, mean, m2, invstd):
     """Reduce channels ``c0:c1`` of the (A, C * B) view, then normalize them while they are in cache."""
-    A = x2.shape[0]
-    scale = np.empty((c1 - c0) * B)
-    shift = np.empty((c1 - c0) * B)
-    block_moments(x2, B, c0, c1, mean, m2, scale, shift)  # scale, shift: scratch space here
+    scratch = np.empty((2, (c1 - c0) * B))
+    block_moments(x2, B, c0, c1, mean, m2, scratch[0], scratch[1])
+    count = float(x2.shape[0] * B)
+    scale, shift = np.empty(c1 - c0), np.empty(c1 - c0)
     for k in range(c1 - c0):
         c = c0 + k
-        invstd[c], s, t = affine_from_moments(mean[c], m2[c], float(A * B), weight[c], bias[c], eps)
-        for b in range(B):
-            scale[k * B + b] = s
-            shift[k * B + b] = t
-    normalize_columns(x2, 0, A, c0 * B, scale, shift, y2)
+        invstd[c], scale[k], shift[k] = affine_from_moments(
+            mean[c], m2[c], count, weight[c], bias[c], eps)
+    normalize_block(x2, B, c0, scale, shift, y2)
 
 
 @njit(parallel=True, cache=True)

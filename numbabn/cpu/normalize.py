@@ -64,14 +64,20 @@ def normalize_rows_piece(x2, a0, a1, scale, shift, y2):
 
 
 @njit(cache=True)
-def normalize_columns(x2, a0, a1, off, scale, shift, y2):
-    """Columns ``off:off + len(scale)`` of rows ``a0:a1`` of (A, W) arrays, one coefficient per column."""
-    W = scale.size
-    for a in range(a0, a1):
-        xr = x2[a, off:off + W]
-        yr = y2[a, off:off + W]
-        for j in range(W):
-            yr[j] = xr[j] * scale[j] + shift[j]
+def normalize_block(x2, B, c0, scale, shift, y2):
+    """Channels ``c0:c0 + len(scale)`` of (A, C * B) arrays, row by row, channel by channel.
+
+    Unsigned indices, as in :func:`normalize_channel`.
+    """
+    for a in range(x2.shape[0]):
+        ua = uint64(a)
+        for k in range(scale.size):
+            s = scale[k]
+            t = shift[k]
+            first = uint64((c0 + k) * B)
+            for b in range(B):
+                i = first + uint64(b)
+                y2[ua, i] = x2[ua, i] * s + t
 
 
 @njit(parallel=True, cache=True)
