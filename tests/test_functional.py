@@ -204,10 +204,14 @@ def test_array_like_input():
     np.testing.assert_allclose(y, ref.forward_train(np.array(x))[0], rtol=1e-12)
 
 
-@pytest.mark.parametrize("shape, axis", [((4, 3, 5, 5), 1), ((6, 4), 1), ((3, 5, 5, 4), -1)])
-def test_nan_and_inf_propagate_to_their_channel(rng, shape, axis):
+# "last" puts NaN/Inf after values already reduced: in a later chunk of rows
+# ((12, 4): the third chunk of four) or in the leftover rows ((6, 4), channels-last).
+@pytest.mark.parametrize("where", ["first", "last"])
+@pytest.mark.parametrize("shape, axis", [((4, 3, 5, 5), 1), ((6, 4), 1), ((12, 4), 1),
+                                         ((3, 5, 5, 4), -1), ((4, 3, 7, 7), 1)])
+def test_nan_and_inf_propagate_to_their_channel(rng, shape, axis, where):
     x = data(rng, shape, np.float32)
-    idx = [0] * len(shape)
+    idx = [0 if where == "first" else -1] * len(shape)
     idx[axis] = 1
     x[tuple(idx)] = np.nan
     idx[axis] = 2

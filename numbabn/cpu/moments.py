@@ -123,43 +123,69 @@ def _moments_planes_serial(x):
 
 @njit(cache=True)
 def rows_piece_moments(x2, a0, a1, mean, m2):
-    """Two-pass column means and M2 of rows ``a0:a1`` of ``x2``, written into ``mean``/``m2``.
+    r"""Column means and M2 of rows ``a0:a1`` of ``x2`` in one pass, written into ``mean``/``m2``.
 
-    The inner loops run along rows, so they vectorize over columns.  Rows are
-    taken four at a time, ``acc += (r0 + r1) + (r2 + r3)`` in float64, so the
-    accumulators are loaded and stored a quarter as often; the order of the
-    additions is fixed by the shape alone.
+    Rows are taken four at a time.  The four values of a column in such a
+    chunk are reduced exactly (their mean :math:`m`, then
+    :math:`q = \sum (v - m)^2`) and merged into the column's running
+    :math:`(n, \bar x, M_2)` with Chan's update in weighted-mean form,
+
+    .. math::
+
+        n' = n + 4, \quad \bar x' = \frac{n}{n'}\bar x + \frac{4}{n'} m, \quad
+        M_2' = M_2 + q + (m - \bar x)^2 \frac{4 n}{n'},
+
+    whose weights depend only on the chunk, so the loop along the row
+    vectorizes with scalar weights.  The piece is read once (a two-pass
+    reduction reads it twice); leftover rows are one last, smaller chunk.  The
+    weighted-mean form keeps an infinite mean infinite (PyTorch's result)
+    where ``mean += delta * w`` would turn it into NaN.
     """
     W = x2.shape[1]
-    for j in range(W):
-        mean[j] = 0.0
-        m2[j] = 0.0
     quad_end = a0 + (a1 - a0) // 4 * 4
+    n = 0.0
     for a in range(a0, quad_end, 4):
         r0, r1, r2, r3 = x2[a], x2[a + 1], x2[a + 2], x2[a + 3]
-        for j in range(W):
-            mean[j] += (float64(r0[j]) + float64(r1[j])) + (float64(r2[j]) + float64(r3[j]))
-    for a in range(quad_end, a1):
-        row = x2[a]
-        for j in range(W):
-            mean[j] += row[j]
-    n = float(a1 - a0)
+        if n == 0.0:
+            for j in range(W):
+                v0, v1, v2, v3 = float64(r0[j]), float64(r1[j]), float64(r2[j]), float64(r3[j])
+                m = ((v0 + v1) + (v2 + v3)) * 0.25
+                d0, d1, d2, d3 = v0 - m, v1 - m, v2 - m, v3 - m
+                mean[j] = m
+                m2[j] = (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+        else:
+            total = n + 4.0
+            keep = n / total
+            take = 4.0 / total
+            spread = n * take
+            for j in range(W):
+                v0, v1, v2, v3 = float64(r0[j]), float64(r1[j]), float64(r2[j]), float64(r3[j])
+                m = ((v0 + v1) + (v2 + v3)) * 0.25
+                d0, d1, d2, d3 = v0 - m, v1 - m, v2 - m, v3 - m
+                delta = m - mean[j]
+                mean[j] = keep * mean[j] + take * m
+                m2[j] += ((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)) + delta * delta * spread
+        n += 4.0
+    rest = float(a1 - quad_end)
+    if rest == 0.0:
+        return
+    total = n + rest
     for j in range(W):
-        mean[j] /= n
-    for a in range(a0, quad_end, 4):
-        r0, r1, r2, r3 = x2[a], x2[a + 1], x2[a + 2], x2[a + 3]
-        for j in range(W):
-            mu = mean[j]
-            d0 = r0[j] - mu
-            d1 = r1[j] - mu
-            d2 = r2[j] - mu
-            d3 = r3[j] - mu
-            m2[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-    for a in range(quad_end, a1):
-        row = x2[a]
-        for j in range(W):
-            d = row[j] - mean[j]
-            m2[j] += d * d
+        m = 0.0
+        for a in range(quad_end, a1):
+            m += x2[a, j]
+        m /= rest
+        q = 0.0
+        for a in range(quad_end, a1):
+            d = x2[a, j] - m
+            q += d * d
+        if n == 0.0:
+            mean[j] = m
+            m2[j] = q
+        else:
+            delta = m - mean[j]
+            mean[j] = (n / total) * mean[j] + (rest / total) * m
+            m2[j] += q + delta * delta * (n * (rest / total))
 
 
 @njit(cache=True)
