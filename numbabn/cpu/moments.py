@@ -1,7 +1,8 @@
 r"""Per-channel moments of an (A, C, B) array: count, mean and M2.
 
 Each piece of work (see :mod:`numbabn.cpu._chunks`) is reduced with an exact
-two-pass computation while it sits in cache,
+two-pass computation while it sits in cache (in the rows layout, each chunk of
+four rows is, see :func:`rows_piece_moments`),
 
 .. math::
 
