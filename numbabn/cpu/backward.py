@@ -113,31 +113,6 @@ def apply_channel(dy, x, c, mu, u, w, z, dx):
 
 
 @njit(cache=True)
-def rows_piece_sums(dy2, x2, a0, a1, mean, s, p):
-    """Column sums of ``dy`` and ``dy * (x - mean)`` over rows ``a0:a1`` (W-wide ``mean``).
-
-    Rows are taken two at a time, as in :func:`numbabn.cpu.moments.rows_piece_moments`.
-    """
-    W = x2.shape[1]
-    for j in range(W):
-        s[j] = 0.0
-        p[j] = 0.0
-    pair_end = a0 + (a1 - a0) // 2 * 2
-    for a in range(a0, pair_end, 2):
-        g0, g1, v0, v1 = dy2[a], dy2[a + 1], x2[a], x2[a + 1]
-        for j in range(W):
-            mu = mean[j]
-            s[j] += float64(g0[j]) + float64(g1[j])
-            p[j] += g0[j] * (v0[j] - mu) + g1[j] * (v1[j] - mu)
-    for a in range(pair_end, a1):
-        g = dy2[a]
-        v = x2[a]
-        for j in range(W):
-            s[j] += g[j]
-            p[j] += g[j] * (v[j] - mean[j])
-
-
-@njit(cache=True)
 def merge_row_sums(part_s, part_p, B):
     """Per-channel sums: pieces added in order, then the B columns of each channel."""
     pieces, W = part_s.shape
@@ -177,6 +152,8 @@ def column_sums(dy2, x2, a0, a1, off, centre, col_s, col_p):
 
     Rows four at a time, as in :func:`numbabn.cpu.moments.column_sums`, so the
     float64 column accumulators are loaded and stored a quarter as often.
+    The rows layout passes whole rows (``off = 0``, W = C * B), the blocks
+    layout the columns of a block of channels.
     """
     W = col_s.size
     for j in range(W):
@@ -290,7 +267,7 @@ def _reduce_rows(dy2, x2, B, mean):
     part_s = np.empty((pieces, W))
     part_p = np.empty((pieces, W))
     for k in prange(pieces):
-        rows_piece_sums(dy2, x2, k * rows, min((k + 1) * rows, A), mean_w, part_s[k], part_p[k])
+        column_sums(dy2, x2, k * rows, min((k + 1) * rows, A), 0, mean_w, part_s[k], part_p[k])
     return merge_row_sums(part_s, part_p, B)
 
 
@@ -302,7 +279,7 @@ def _reduce_rows_serial(dy2, x2, B, mean):
     part_s = np.empty((pieces, W))
     part_p = np.empty((pieces, W))
     for k in range(pieces):
-        rows_piece_sums(dy2, x2, k * rows, min((k + 1) * rows, A), mean_w, part_s[k], part_p[k])
+        column_sums(dy2, x2, k * rows, min((k + 1) * rows, A), 0, mean_w, part_s[k], part_p[k])
     return merge_row_sums(part_s, part_p, B)
 
 
