@@ -20,7 +20,7 @@ if FULL:
               "16384x512", "64x64x112x112"]
     DTYPES = ["float32", "float64"]
 else:
-    SHAPES = ["16x32x28x28", "256x1024"]
+    SHAPES = ["16x32x28x28", "16x64x14x14", "256x1024"]  # planes, blocks, rows layouts
     DTYPES = ["float32"]
 LAYOUTS = ["channels_first", "channels_last"]
 OPS = ["train", "infer", "backward", "moments"]
