@@ -45,7 +45,7 @@ import numpy as np
 from . import _channel_math as cm
 from . import _validate as v
 from ._dispatch import select_backend
-from .functional import _channel_input, _check_running, _float_input
+from .functional import _backward_inputs, _float_input, _training_inputs
 from .layers import BatchNorm
 
 #: The count a rank sends in place of its statistics when it rejected its input.
@@ -104,13 +104,8 @@ def sync_batch_norm_forward(x, weight=None, bias=None, *, comm, eps=1e-5, axis=1
     x = _float_input(backend, "x", x)
     lay = v.layout(x.shape, axis)
     try:
-        weight = _channel_input(backend, "weight", weight, lay)
-        bias = _channel_input(backend, "bias", bias, lay)
-        running_mean = _channel_input(backend, "running_mean", running_mean, lay)
-        running_var = _channel_input(backend, "running_var", running_var, lay)
-        eps = v.eps_value(eps)
-        out = v.out_array(out, x.shape, x.dtype)
-        momentum = _check_running(running_mean, running_var, momentum)
+        weight, bias, running_mean, running_var, eps, out, momentum = _training_inputs(
+            backend, lay, x, weight, bias, running_mean, running_var, eps, out, momentum)
     except (TypeError, ValueError):
         _allgather_moments(comm, lay.C, None)
         raise
@@ -215,16 +210,8 @@ def sync_batch_norm_backward(dy, x, mean, invstd, weight=None, *, comm, axis=1, 
     x = _float_input(backend, "x", x)
     lay = v.layout(x.shape, axis)
     try:
-        dy = _float_input(backend, "dy", dy)
-        v.same_shape("dy", dy, x.shape)
-        if dy.dtype != x.dtype:
-            raise TypeError(f"dy and x must have the same dtype, got {dy.dtype} and {x.dtype}")
-        mean = _channel_input(backend, "mean", mean, lay)
-        invstd = _channel_input(backend, "invstd", invstd, lay)
-        weight = _channel_input(backend, "weight", weight, lay)
-        if mean is None or invstd is None:
-            raise ValueError("mean and invstd are required")
-        out = v.out_array(out, x.shape, x.dtype)
+        dy, mean, invstd, weight, out = _backward_inputs(
+            backend, lay, x, dy, mean, invstd, weight, out)
     except (TypeError, ValueError):
         _allreduce_sums(comm, lay.C, None)
         raise

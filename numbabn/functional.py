@@ -129,16 +129,24 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=1, out=None,
     backend = select_backend(device, x, None, out)
     x = _float_input(backend, "x", x)
     lay = v.layout(x.shape, axis)
+    weight, bias, running_mean, running_var, eps, out, momentum = _training_inputs(
+        backend, lay, x, weight, bias, running_mean, running_var, eps, out, momentum)
+    v.training_count(lay, x.shape)
+    return backend.forward_train(x, lay, weight, bias, eps, out, running_mean, running_var,
+                                 momentum)
+
+
+def _training_inputs(backend, lay, x, weight, bias, running_mean, running_var, eps, out,
+                     momentum):
+    """Check a training forward's arguments other than ``x`` (here and in the MPI layer)."""
     weight = _channel_input(backend, "weight", weight, lay)
     bias = _channel_input(backend, "bias", bias, lay)
     running_mean = _channel_input(backend, "running_mean", running_mean, lay)
     running_var = _channel_input(backend, "running_var", running_var, lay)
     eps = v.eps_value(eps)
     out = v.out_array(out, x.shape, x.dtype)
-    v.training_count(lay, x.shape)
     momentum = _check_running(running_mean, running_var, momentum)
-    return backend.forward_train(x, lay, weight, bias, eps, out, running_mean, running_var,
-                                 momentum)
+    return weight, bias, running_mean, running_var, eps, out, momentum
 
 
 def _check_running(running_mean, running_var, momentum):
@@ -183,8 +191,15 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, training=Tr
     """
     backend = select_backend(device, x, dy, out)
     x = _float_input(backend, "x", x)
-    dy = _float_input(backend, "dy", dy)
     lay = v.layout(x.shape, axis)
+    dy, mean, invstd, weight, out = _backward_inputs(
+        backend, lay, x, dy, mean, invstd, weight, out)
+    return backend.backward(dy, x, lay, mean, invstd, weight, bool(training), out)
+
+
+def _backward_inputs(backend, lay, x, dy, mean, invstd, weight, out):
+    """Check a backward's arguments other than ``x`` (here and in the MPI layer)."""
+    dy = _float_input(backend, "dy", dy)
     v.same_shape("dy", dy, x.shape)
     if dy.dtype != x.dtype:
         raise TypeError(f"dy and x must have the same dtype, got {dy.dtype} and {x.dtype}")
@@ -194,7 +209,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, training=Tr
     if mean is None or invstd is None:
         raise ValueError("mean and invstd are required")
     out = v.out_array(out, x.shape, x.dtype)
-    return backend.backward(dy, x, lay, mean, invstd, weight, bool(training), out)
+    return dy, mean, invstd, weight, out
 
 
 def channel_moments(x, *, axis=1, ddof=0, device="auto"):
