@@ -17,6 +17,8 @@ from numbabn import _validate as v
 from numbabn.cpu import _chunks
 from numbabn.cpu import backend
 
+import reference as ref
+
 # (shape, axis): blocks layout (16 <= B < 512) with one and with several row groups
 # per block; planes layout with grouped planes, split planes and few channels;
 # rows layout (2-D, channels-last, 1 < B < 16).
@@ -86,8 +88,9 @@ import hashlib, numba, numpy as np, numbabn as nbn
 rng = np.random.default_rng(7)
 x = rng.standard_normal((8, 16, 30, 30)).astype(np.float32)
 x2 = rng.standard_normal((3000, 24)).astype(np.float32)
+x3 = rng.standard_normal((16, 32, 14, 14)).astype(np.float32)
 h = hashlib.sha256()
-for a, axis in ((x, 1), (x2, 1), (x.transpose(0, 2, 3, 1).copy(), -1)):
+for a, axis in ((x, 1), (x2, 1), (x.transpose(0, 2, 3, 1).copy(), -1), (x3, 1)):
     y, mean, invstd = nbn.batch_norm_forward(a, axis=axis)
     dx, dw, db = nbn.batch_norm_backward(y, a, mean, invstd, axis=axis)
     for out in (y, mean, invstd, dx, dw, db):
@@ -111,11 +114,11 @@ def test_numba_num_threads_is_honoured_and_changes_no_bits():
     assert digest_one == digest_two
 
 
-@pytest.mark.parametrize("shape, axis", [((4, 3, 300), 1), ((1, 3, 40000), 1), ((500, 3), 1),
-                                         ((2, 40, 40, 3), -1)])
+@pytest.mark.parametrize("shape, axis", [((4, 3, 300), 1), ((4, 3, 600), 1), ((1, 3, 40000), 1),
+                                         ((500, 3), 1), ((2, 40, 40, 3), -1)])
 @pytest.mark.parametrize("force_parallel", [False, True])
 def test_nan_and_inf_propagate_in_every_path(rng, monkeypatch, shape, axis, force_parallel):
-    """Lane sums, pieces merged with Chan's formula, rows blocks: NaN/Inf reach their channel."""
+    """Blocks, lane sums, pieces merged with Chan's formula, rows: NaN/Inf reach their channel."""
     if force_parallel:
         monkeypatch.setattr(_chunks, "SERIAL_MAX_ELEMENTS", 0)
     x = rng.standard_normal(shape).astype(np.float32)
@@ -130,3 +133,28 @@ def test_nan_and_inf_propagate_in_every_path(rng, monkeypatch, shape, axis, forc
     dxm = np.moveaxis(dx, axis, 0)
     assert np.isfinite(dxm[0]).all() and np.isnan(dxm[1]).all() and np.isnan(dxm[2]).all()
     assert np.isfinite(dw[0]) and np.isnan(dw[1])
+
+
+# Each side of every switch between loop orders (B = 15 | 16 rows | blocks, 511 | 512 blocks |
+# planes), a single row (no chunk of four), channels not a multiple of the block width, and
+# more rows than one group of a block holds.
+@pytest.mark.parametrize("shape", [(9, 5, 15), (9, 5, 16), (3, 7, 511), (3, 7, 512), (1, 40, 17),
+                                   (5, 33, 100), (1400, 2, 100)])
+@pytest.mark.parametrize("force_parallel", [False, True])
+def test_layout_boundaries_match_the_float64_reference(rng, monkeypatch, shape, force_parallel):
+    if force_parallel:
+        monkeypatch.setattr(_chunks, "SERIAL_MAX_ELEMENTS", 0)
+    x = (1e3 + rng.standard_normal(shape) * 3).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    y, mean, invstd = nbn.batch_norm_forward(x)
+    y_ref, mean_ref, invstd_ref, _ = ref.forward_train(x)
+    np.testing.assert_allclose(mean, mean_ref, rtol=1e-7)
+    np.testing.assert_allclose(invstd, invstd_ref, rtol=1e-6)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
+    _, var = nbn.channel_moments(x)
+    np.testing.assert_allclose(var, ref.moments(x)[1], rtol=1e-6)
+    dx, dw, db = nbn.batch_norm_backward(dy, x, mean, invstd)
+    dx_ref, dw_ref, db_ref = ref.backward(dy, x, mean, invstd)
+    np.testing.assert_allclose(db, db_ref, rtol=1e-6, atol=1e-6 * np.abs(dy).sum(axis=(0, 2)).max())
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-6, atol=1e-6 * np.abs(dy).sum(axis=(0, 2)).max())
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-6)
