@@ -170,16 +170,21 @@ def column_sums(dy2, x2, a0, a1, off, centre, col_s, col_p):
         v2 = x2[a + 2, off:off + W]
         v3 = x2[a + 3, off:off + W]
         for j in range(W):
+            # Every load before the first store: the store could alias dy or x, so a
+            # load after it would be repeated (and converted to float64 again).
             mu = centre[j]
-            col_s[j] += (float64(g0[j]) + float64(g1[j])) + (float64(g2[j]) + float64(g3[j]))
-            col_p[j] += ((g0[j] * (v0[j] - mu) + g1[j] * (v1[j] - mu))
-                         + (g2[j] * (v2[j] - mu) + g3[j] * (v3[j] - mu)))
+            d0, d1, d2, d3 = float64(g0[j]), float64(g1[j]), float64(g2[j]), float64(g3[j])
+            p = (d0 * (v0[j] - mu) + d1 * (v1[j] - mu)) + (d2 * (v2[j] - mu) + d3 * (v3[j] - mu))
+            col_s[j] += (d0 + d1) + (d2 + d3)
+            col_p[j] += p
     for a in range(quad_end, a1):
         g = dy2[a, off:off + W]
         v = x2[a, off:off + W]
         for j in range(W):
-            col_s[j] += g[j]
-            col_p[j] += g[j] * (v[j] - centre[j])
+            d = float64(g[j])
+            p = d * (v[j] - centre[j])
+            col_s[j] += d
+            col_p[j] += p
 
 
 @njit(cache=True)
