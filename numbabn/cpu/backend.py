@@ -131,8 +131,8 @@ def forward_infer(x, lay, running_mean, running_var, weight, bias, eps, out):
     x3 = _view3(x, lay)
     scale, shift = _normalize.infer_coefficients(
         _native_vector(running_mean), _native_vector(running_var),
-        _vector_or(weight, 1.0, lay.C) if weight is None else _native_vector(weight),
-        _vector_or(bias, 0.0, lay.C) if bias is None else _native_vector(bias),
+        np.ones(lay.C) if weight is None else _native_vector(weight),
+        np.zeros(lay.C) if bias is None else _native_vector(bias),
         bias is not None, eps)
     y3, direct = _output3(out, lay, x3.dtype, x3)
     _normalize.normalize(x3, scale, shift, y3)

@@ -113,8 +113,7 @@ def _train_rows_serial(x2, B, weight, bias, eps, y2):
 @njit(cache=True)
 def _train_block(x2, B, c0, c1, weight, bias, eps, y2, mean, m2, invstd):
     """Reduce channels ``c0:c1`` of the (A, C * B) view, then normalize them while they are in cache."""
-    scratch = np.empty((2, (c1 - c0) * B))
-    block_moments(x2, B, c0, c1, mean, m2, scratch[0], scratch[1])
+    block_moments(x2, B, c0, c1, mean, m2)
     count = float(x2.shape[0] * B)
     scale, shift = np.empty(c1 - c0), np.empty(c1 - c0)
     for k in range(c1 - c0):

@@ -149,28 +149,22 @@ def rows_piece_moments(x2, a0, a1, mean, m2):
         r0, r1, r2, r3 = x2[a], x2[a + 1], x2[a + 2], x2[a + 3]
         if n == 0.0:
             for j in range(W):
-                v0, v1, v2, v3 = float64(r0[j]), float64(r1[j]), float64(r2[j]), float64(r3[j])
-                m = ((v0 + v1) + (v2 + v3)) * 0.25
-                d0, d1, d2, d3 = v0 - m, v1 - m, v2 - m, v3 - m
-                mean[j] = m
-                m2[j] = (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+                mean[j], m2[j] = _four_moments(
+                    float64(r0[j]), float64(r1[j]), float64(r2[j]), float64(r3[j]))
         else:
             total = n + 4.0
-            keep = n / total
-            take = 4.0 / total
+            keep, take = n / total, 4.0 / total
             spread = n * take
             for j in range(W):
-                v0, v1, v2, v3 = float64(r0[j]), float64(r1[j]), float64(r2[j]), float64(r3[j])
-                m = ((v0 + v1) + (v2 + v3)) * 0.25
-                d0, d1, d2, d3 = v0 - m, v1 - m, v2 - m, v3 - m
-                delta = m - mean[j]
-                mean[j] = keep * mean[j] + take * m
-                m2[j] += ((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)) + delta * delta * spread
+                m, q = _four_moments(
+                    float64(r0[j]), float64(r1[j]), float64(r2[j]), float64(r3[j]))
+                mean[j], m2[j] = _merge_chunk(mean[j], m2[j], m, q, keep, take, spread)
         n += 4.0
     rest = float(a1 - quad_end)
     if rest == 0.0:
         return
     total = n + rest
+    keep, take = n / total, rest / total
     for j in range(W):
         m = 0.0
         for a in range(quad_end, a1):
@@ -181,12 +175,24 @@ def rows_piece_moments(x2, a0, a1, mean, m2):
             d = x2[a, j] - m
             q += d * d
         if n == 0.0:
-            mean[j] = m
-            m2[j] = q
+            mean[j], m2[j] = m, q
         else:
-            delta = m - mean[j]
-            mean[j] = (n / total) * mean[j] + (rest / total) * m
-            m2[j] += q + delta * delta * (n * (rest / total))
+            mean[j], m2[j] = _merge_chunk(mean[j], m2[j], m, q, keep, take, n * take)
+
+
+@njit(cache=True)
+def _four_moments(v0, v1, v2, v3):
+    """Exact mean and M2 of four values."""
+    m = ((v0 + v1) + (v2 + v3)) * 0.25
+    d0, d1, d2, d3 = v0 - m, v1 - m, v2 - m, v3 - m
+    return m, (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+
+
+@njit(cache=True)
+def _merge_chunk(mean, m2, m, q, keep, take, spread):
+    """Chan's update of a running (mean, M2) by a chunk (m, q), with the chunk's weights."""
+    delta = m - mean
+    return keep * mean + take * m, m2 + (q + delta * delta * spread)
 
 
 @njit(cache=True)
@@ -322,17 +328,17 @@ def segment_sum(v, start, length):
 
 
 @njit(cache=True)
-def block_moments(x2, B, c0, c1, mean, m2, col, centre):
+def block_moments(x2, B, c0, c1, mean, m2):
     """Mean and M2 of channels ``c0:c1`` of the (A, C * B) view, written into ``mean``/``m2``.
 
     Each group of rows (:func:`numbabn.cpu._chunks.channel_blocks`) is reduced
     with an exact two pass computation, column sums first and then the B
     columns of each channel; the groups of a channel are merged in order with
-    Chan's formula.  ``col`` and ``centre`` are scratch space of
-    ``(c1 - c0) * B`` values.
+    Chan's formula.
     """
     A = x2.shape[0]
     _, _, rows, groups = channel_blocks(A, x2.shape[1] // B, B)
+    col, centre = np.empty((c1 - c0) * B), np.empty((c1 - c0) * B)
     off = c0 * B
     for g in range(groups):
         a0 = g * rows
@@ -363,10 +369,7 @@ def _moments_blocks(x2, B):
     mean = np.empty(C)
     m2 = np.empty(C)
     for k in prange(blocks):
-        c0 = k * per
-        c1 = min(c0 + per, C)
-        scratch = np.empty((2, (c1 - c0) * B))
-        block_moments(x2, B, c0, c1, mean, m2, scratch[0], scratch[1])
+        block_moments(x2, B, k * per, min((k + 1) * per, C), mean, m2)
     return mean, m2
 
 
@@ -378,10 +381,7 @@ def _moments_blocks_serial(x2, B):
     mean = np.empty(C)
     m2 = np.empty(C)
     for k in range(blocks):
-        c0 = k * per
-        c1 = min(c0 + per, C)
-        scratch = np.empty((2, (c1 - c0) * B))
-        block_moments(x2, B, c0, c1, mean, m2, scratch[0], scratch[1])
+        block_moments(x2, B, k * per, min((k + 1) * per, C), mean, m2)
     return mean, m2
 
 
