@@ -73,6 +73,40 @@ def test_fused_and_split_paths_are_bit_identical(rng, shape, axis):
         np.testing.assert_array_equal(dw, sum_dy_xmu * invstd)
 
 
+# Planes layout with grouped planes, split planes (B > PIECE_ELEMENTS), leftovers after
+# the lanes, and runs of uneven length (7 or 9 channels over 2 threads' 4 runs).
+PIPELINE_SHAPES = [(6, 8, 600), (3, 7, 515), (2, 9, 20001)]
+
+
+def _pipelining(monkeypatch, on):
+    bytes_ = 0 if on else 1 << 60
+    monkeypatch.setattr(_chunks, "PIPELINE_MIN_CHANNEL_BYTES", {4: bytes_, 8: bytes_})
+
+
+@pytest.mark.parametrize("shape", PIPELINE_SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("force_parallel", [False, True])
+def test_pipelined_planes_are_bit_identical(rng, monkeypatch, shape, dtype, force_parallel):
+    """A channel normalized (or differentiated) while the next one is reduced: same bits."""
+    monkeypatch.setattr(_chunks, "SERIAL_MAX_ELEMENTS", 0 if force_parallel else 1 << 40)
+    x, dy, w, b = _inputs(rng, shape, 1, dtype)
+    _pipelining(monkeypatch, False)
+    plain = _all_outputs(x, dy, w, b, 1)
+    _pipelining(monkeypatch, True)
+    A, C, B = shape
+    per, pipelined = _chunks.channel_runs(A, C, B, x.itemsize, not force_parallel)
+    assert pipelined and per > 1
+    for p, q in zip(plain, _all_outputs(x, dy, w, b, 1)):
+        np.testing.assert_array_equal(p, q)
+    # In place: each channel's output overwrites its input only after both passes read it.
+    y_in_place = x.copy()
+    nbn.batch_norm_forward(y_in_place, w, b, out=y_in_place)
+    np.testing.assert_array_equal(y_in_place, plain[0])
+    dx_in_place = dy.copy()
+    nbn.batch_norm_backward(dx_in_place, x, plain[1], plain[2], w, out=dx_in_place)
+    np.testing.assert_array_equal(dx_in_place, plain[3])
+
+
 def test_one_thread_selects_the_serial_kernels():
     before = numba.get_num_threads()
     try:
@@ -85,6 +119,7 @@ def test_one_thread_selects_the_serial_kernels():
 
 _DIGEST = """
 import hashlib, numba, numpy as np, numbabn as nbn
+from numbabn.cpu import _chunks
 rng = np.random.default_rng(7)
 x = rng.standard_normal((8, 16, 30, 30)).astype(np.float32)
 x2 = rng.standard_normal((3000, 24)).astype(np.float32)
@@ -95,6 +130,11 @@ for a, axis in ((x, 1), (x2, 1), (x.transpose(0, 2, 3, 1).copy(), -1), (x3, 1)):
     dx, dw, db = nbn.batch_norm_backward(y, a, mean, invstd, axis=axis)
     for out in (y, mean, invstd, dx, dw, db):
         h.update(out.tobytes())
+# Pipelined planes: runs of channels follow the thread count, the bits must not.
+_chunks.PIPELINE_MIN_CHANNEL_BYTES = {4: 0, 8: 0}
+y, mean, invstd = nbn.batch_norm_forward(x)
+for out in (y, mean, invstd, *nbn.batch_norm_backward(y, x, mean, invstd)):
+    h.update(out.tobytes())
 print(numba.get_num_threads(), h.hexdigest())
 """
 
@@ -117,10 +157,14 @@ def test_numba_num_threads_is_honoured_and_changes_no_bits():
 @pytest.mark.parametrize("shape, axis", [((4, 3, 300), 1), ((4, 3, 600), 1), ((1, 3, 40000), 1),
                                          ((500, 3), 1), ((2, 40, 40, 3), -1)])
 @pytest.mark.parametrize("force_parallel", [False, True])
-def test_nan_and_inf_propagate_in_every_path(rng, monkeypatch, shape, axis, force_parallel):
-    """Blocks, lane sums, pieces merged with Chan's formula, rows: NaN/Inf reach their channel."""
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_nan_and_inf_propagate_in_every_path(rng, monkeypatch, shape, axis, force_parallel,
+                                             pipelined):
+    """Blocks, lane sums, pieces merged with Chan's formula, rows, pipelined planes: NaN/Inf
+    reach their channel."""
     if force_parallel:
         monkeypatch.setattr(_chunks, "SERIAL_MAX_ELEMENTS", 0)
+    _pipelining(monkeypatch, pipelined)
     x = rng.standard_normal(shape).astype(np.float32)
     xm = np.moveaxis(x, axis, 0)
     xm[1].flat[-1] = np.nan  # the last element: a leftover after the lanes

@@ -24,31 +24,38 @@ frozen statistics only :math:`k^{dy}` is non-zero.
 (planes layout) or blocks of whole channels (blocks layout, planes shorter
 than BLOCKS_MAX_B) a channel is differentiated right after it is reduced, while
 ``dy`` and ``x`` are still in cache, so memory sees about 3 x bytes instead of
-5 x.  The sums are accumulated in the same pieces and order as by
+5 x.  Channels too large for the cache are pipelined instead: a channel's dx is
+written while the next channel is read for its sums.  The sums are accumulated in the same pieces and order as by
 :func:`backward_reduce`, so the fused and the split paths agree bit for bit.
 """
 import numpy as np
 from numba import float64, njit, prange, uint64
 
 from ._chunks import (
-    BLOCKS_MAX_B, CHANNEL_JOBS_MIN_C, ROWS_MAX_B, channel_blocks, channel_pieces, job_index,
-    lanes_for, piece_bounds, plane_pieces, row_pieces, serial,
+    BLOCKS_MAX_B, CHANNEL_JOBS_MIN_C, ROWS_MAX_B, channel_blocks, channel_pieces, channel_runs,
+    job_index, lanes_for, piece_bounds, plane_pieces, row_pieces, serial,
 )
 from .moments import segment_sum
 
 
 @njit(cache=True)
-def _piece_sums(dy, x, a0, a1, c, mu, start, stop, acc):
+def _piece_sums(dy, x, a0, a1, c, mu, start, stop, acc, apply):
     """``(sum(dy), sum(dy * (x - mu)))`` over ``[a0:a1, c, start:stop]``, in float64.
 
     ``acc`` is (2, L) lane scratch space; lanes, leftovers and direct unsigned
-    indexing as in :func:`numbabn.cpu.moments._sum`.
+    indexing as in :func:`numbabn.cpu.moments._sum`.  ``apply`` is None, or
+    ``(c2, mu2, u, w, z, dx)``: the same loop then also writes channel ``c2``'s
+    ``dx = u * dy + w * (x - mu2) + z`` at every index it reads (the pipelined
+    backward; see :func:`_backward_run`).  The sums are the same either way.
     """
     uc = uint64(c)
     n = stop - start
     L = acc.shape[1]
     first = uint64(start)
     full = n - n % L
+    if apply is not None:  # unpacked once: no reference counting inside the loops
+        c2, mu2, u, w, z, dx = apply
+        u2 = uint64(c2)
     acc_s = acc[0]
     acc_p = acc[1]
     for lane in range(L):
@@ -65,10 +72,16 @@ def _piece_sums(dy, x, a0, a1, c, mu, start, stop, acc):
                 g = dy[ua, uc, i]
                 acc_s[lane] += g
                 acc_p[lane] += g * (x[ua, uc, i] - mu)
+            if apply is not None:
+                for lane in range(L):
+                    i = base + uint64(lane)
+                    dx[ua, u2, i] = u * dy[ua, u2, i] + w * (x[ua, u2, i] - mu2) + z
         for j in range(full, n):
             i = first + uint64(j)
             s += dy[ua, uc, i]
             p += dy[ua, uc, i] * (x[ua, uc, i] - mu)
+            if apply is not None:
+                dx[ua, u2, i] = u * dy[ua, u2, i] + w * (x[ua, u2, i] - mu2) + z
     for lane in range(L):
         s += acc_s[lane]
         p += acc_p[lane]
@@ -76,8 +89,11 @@ def _piece_sums(dy, x, a0, a1, c, mu, start, stop, acc):
 
 
 @njit(cache=True)
-def channel_planes_sums(dy, x, c, mu):
-    """``(S, P)`` of channel ``c`` of (A, C, B) arrays: piece sums added in order."""
+def channel_planes_sums(dy, x, c, mu, apply):
+    """``(S, P)`` of channel ``c`` of (A, C, B) arrays: piece sums added in order.
+
+    ``apply`` (see :func:`_piece_sums`) differentiates another channel in the same loops.
+    """
     A, C, B = x.shape
     group, pieces = channel_pieces(A, B)
     acc = np.empty((2, lanes_for(B)))
@@ -85,7 +101,7 @@ def channel_planes_sums(dy, x, c, mu):
     p = 0.0
     for j in range(pieces):
         a0, a1, start, stop = piece_bounds(j, A, B, group)
-        ds, dp = _piece_sums(dy, x, a0, a1, c, mu, start, stop, acc)
+        ds, dp = _piece_sums(dy, x, a0, a1, c, mu, start, stop, acc, apply)
         s += ds
         p += dp
     return s, p
@@ -254,7 +270,7 @@ def _reduce_channels(dy, x, mean):
     sum_dy = np.empty(C)
     sum_dy_xmu = np.empty(C)
     for c in prange(C):
-        sum_dy[c], sum_dy_xmu[c] = channel_planes_sums(dy, x, c, mean[c])
+        sum_dy[c], sum_dy_xmu[c] = channel_planes_sums(dy, x, c, mean[c], None)
     return sum_dy, sum_dy_xmu
 
 
@@ -264,7 +280,7 @@ def _reduce_channels_serial(dy, x, mean):
     sum_dy = np.empty(C)
     sum_dy_xmu = np.empty(C)
     for c in range(C):
-        sum_dy[c], sum_dy_xmu[c] = channel_planes_sums(dy, x, c, mean[c])
+        sum_dy[c], sum_dy_xmu[c] = channel_planes_sums(dy, x, c, mean[c], None)
     return sum_dy, sum_dy_xmu
 
 
@@ -362,33 +378,47 @@ def _apply_rows_serial(dy2, x2, mean_w, k_dy, k_x, k_0, dx2):
 # --- reduce and apply in one call --------------------------------------------------------
 
 @njit(cache=True)
-def _backward_channel(dy, x, c, mu, invstd, weight, m, training, dx):
-    """Reduce channel ``c``, then write its dx while it is in cache; returns ``(S, P)``."""
-    s, p = channel_planes_sums(dy, x, c, mu)
-    u, w, z = coefficients(invstd, weight, s, p, m, training)
-    apply_channel(dy, x, c, mu, u, w, z, dx)
-    return s, p
+def _backward_run(dy, x, c0, c1, mean, invstd, weight, training, dx, sum_dy, sum_dy_xmu,
+                  pipelined):
+    """Channels ``c0:c1`` in order: reduce a channel, then write its dx.
+
+    Not pipelined, a channel's dx is written right after it is reduced, while
+    it is still in cache.  Pipelined (channels too large to stay in cache),
+    channel ``c``'s dx is written in the loops that read channel ``c + 1`` for
+    its sums.  The sums and dx are the same bits either way.
+    """
+    A, C, B = x.shape
+    m = float(max(A * B, 1))
+    s, p = channel_planes_sums(dy, x, c0, mean[c0], None)
+    for c in range(c0, c1):
+        sum_dy[c], sum_dy_xmu[c] = s, p
+        u, w, z = coefficients(invstd[c], weight[c], s, p, m, training)
+        if c + 1 == c1:
+            apply_channel(dy, x, c, mean[c], u, w, z, dx)
+        elif pipelined:
+            s, p = channel_planes_sums(dy, x, c + 1, mean[c + 1], (c, mean[c], u, w, z, dx))
+        else:
+            apply_channel(dy, x, c, mean[c], u, w, z, dx)
+            s, p = channel_planes_sums(dy, x, c + 1, mean[c + 1], None)
 
 
 @njit(parallel=True, cache=True)
-def _backward_planes(dy, x, mean, invstd, weight, training, dx):
-    A, C, B = x.shape
+def _backward_planes(dy, x, mean, invstd, weight, training, dx, per, pipelined):
+    C = x.shape[1]
     sum_dy, sum_dy_xmu = np.empty(C), np.empty(C)
-    m = float(max(A * B, 1))
-    for c in prange(C):
-        sum_dy[c], sum_dy_xmu[c] = _backward_channel(
-            dy, x, c, mean[c], invstd[c], weight[c], m, training, dx)
+    for k in prange((C + per - 1) // per):
+        _backward_run(dy, x, k * per, min((k + 1) * per, C), mean, invstd, weight, training, dx,
+                      sum_dy, sum_dy_xmu, pipelined)
     return sum_dy, sum_dy_xmu
 
 
 @njit(cache=True)
-def _backward_planes_serial(dy, x, mean, invstd, weight, training, dx):
-    A, C, B = x.shape
+def _backward_planes_serial(dy, x, mean, invstd, weight, training, dx, per, pipelined):
+    C = x.shape[1]
     sum_dy, sum_dy_xmu = np.empty(C), np.empty(C)
-    m = float(max(A * B, 1))
-    for c in range(C):
-        sum_dy[c], sum_dy_xmu[c] = _backward_channel(
-            dy, x, c, mean[c], invstd[c], weight[c], m, training, dx)
+    for k in range((C + per - 1) // per):
+        _backward_run(dy, x, k * per, min((k + 1) * per, C), mean, invstd, weight, training, dx,
+                      sum_dy, sum_dy_xmu, pipelined)
     return sum_dy, sum_dy_xmu
 
 
@@ -522,4 +552,6 @@ def backward(dy3, x3, mean, invstd, weight, training, dx3):
         kernel = _backward_blocks_serial if one_thread else _backward_blocks
         return kernel(_rows2(dy3), _rows2(x3), B, mean, invstd, weight, training, _rows2(dx3))
     kernel = _backward_planes_serial if one_thread else _backward_planes
-    return kernel(dy3, x3, mean, invstd, weight, training, dx3)
+    A, C, B = x3.shape
+    per, pipelined = channel_runs(A, C, B, x3.itemsize, one_thread)
+    return kernel(dy3, x3, mean, invstd, weight, training, dx3, per, pipelined)

@@ -17,7 +17,9 @@ Three loop orders:
 
 - planes (B >= BLOCKS_MAX_B): each thread takes whole
   channels and normalizes a channel right after reducing it, while it is still
-  in cache, so memory sees about 2 x bytes instead of 3 x;
+  in cache, so memory sees about 2 x bytes instead of 3 x; channels too large
+  for the cache are pipelined: a channel is normalized while the next one is
+  read for its statistics;
 - blocks (ROWS_MAX_B <= B < BLOCKS_MAX_B): the same, with blocks of whole
   channels reduced and normalized along rows of the (A, C * B) view, so no
   loop is as short as one plane;
@@ -32,7 +34,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._channel_math import blend_running
-from ._chunks import BLOCKS_MAX_B, ROWS_MAX_B, channel_blocks, row_pieces, serial
+from ._chunks import BLOCKS_MAX_B, ROWS_MAX_B, channel_blocks, channel_runs, row_pieces, serial
 from .moments import _moments_rows, _moments_rows_serial, block_moments, channel_planes_moments
 from .normalize import normalize_block, normalize_channel, normalize_rows_piece
 
@@ -46,29 +48,47 @@ def affine_from_moments(mu, m2, count, weight, bias, eps):
 
 
 @njit(cache=True)
-def _train_channel(x, c, count, weight, bias, eps, y):
-    """Reduce channel ``c``, then normalize it while it is in cache; returns ``(mean, m2, invstd)``."""
-    mu, q = channel_planes_moments(x, c)
-    r, s, t = affine_from_moments(mu, q, count, weight, bias, eps)
-    normalize_channel(x, c, s, t, y)
-    return mu, q, r
+def _train_run(x, c0, c1, weight, bias, eps, y, mean, m2, invstd, pipelined):
+    """Channels ``c0:c1`` in order: reduce a channel, then normalize it.
+
+    Not pipelined, a channel is normalized right after it is reduced, while it
+    is still in cache.  Pipelined (channels too large to stay in cache),
+    channel ``c`` is normalized in the loops that read channel ``c + 1`` for
+    its reduction, so that reading one from memory overlaps with the other.
+    The statistics and outputs are the same bits either way.
+    """
+    A, C, B = x.shape
+    count = float(A * B)
+    mu, q = channel_planes_moments(x, c0, None)
+    for c in range(c0, c1):
+        r, s, t = affine_from_moments(mu, q, count, weight[c], bias[c], eps)
+        mean[c], m2[c], invstd[c] = mu, q, r
+        if c + 1 == c1:
+            normalize_channel(x, c, s, t, y)
+        elif pipelined:
+            mu, q = channel_planes_moments(x, c + 1, (c, s, t, y))
+        else:
+            normalize_channel(x, c, s, t, y)
+            mu, q = channel_planes_moments(x, c + 1, None)
 
 
 @njit(parallel=True, cache=True)
-def _train_planes(x, weight, bias, eps, y):
-    A, C, B = x.shape
+def _train_planes(x, weight, bias, eps, y, per, pipelined):
+    C = x.shape[1]
     mean, m2, invstd = np.empty(C), np.empty(C), np.empty(C)
-    for c in prange(C):
-        mean[c], m2[c], invstd[c] = _train_channel(x, c, float(A * B), weight[c], bias[c], eps, y)
+    for k in prange((C + per - 1) // per):
+        _train_run(x, k * per, min((k + 1) * per, C), weight, bias, eps, y, mean, m2, invstd,
+                   pipelined)
     return mean, m2, invstd
 
 
 @njit(cache=True)
-def _train_planes_serial(x, weight, bias, eps, y):
-    A, C, B = x.shape
+def _train_planes_serial(x, weight, bias, eps, y, per, pipelined):
+    C = x.shape[1]
     mean, m2, invstd = np.empty(C), np.empty(C), np.empty(C)
-    for c in range(C):
-        mean[c], m2[c], invstd[c] = _train_channel(x, c, float(A * B), weight[c], bias[c], eps, y)
+    for k in range((C + per - 1) // per):
+        _train_run(x, k * per, min((k + 1) * per, C), weight, bias, eps, y, mean, m2, invstd,
+                   pipelined)
     return mean, m2, invstd
 
 
@@ -160,7 +180,8 @@ def forward_train(x3, weight, bias, eps, y3):
         kernel = _train_blocks_serial if one_thread else _train_blocks
         return kernel(x3.reshape(A, C * B), B, weight, bias, eps, y3.reshape(A, C * B))
     kernel = _train_planes_serial if one_thread else _train_planes
-    return kernel(x3, weight, bias, eps, y3)
+    per, pipelined = channel_runs(A, C, B, x3.itemsize, one_thread)
+    return kernel(x3, weight, bias, eps, y3, per, pipelined)
 
 
 @njit(cache=True, error_model="numpy")

@@ -36,7 +36,7 @@ chan_merge = njit(cache=True)(_channel_math.chan_merge)
 
 
 @njit(cache=True)
-def _sum(x, a0, a1, c, start, stop, acc, shift):
+def _sum(x, a0, a1, c, start, stop, acc, shift, normalize):
     r"""Over ``x[a0:a1, c, start:stop]``: ``sum((v - shift)**2)``, or ``sum(v)`` when ``shift`` is None.
 
     Float64 throughout, with ``L = len(acc)`` independent lanes: in each
@@ -47,12 +47,20 @@ def _sum(x, a0, a1, c, start, stop, acc, shift):
     is indexed directly (no views, whose reference counts cost more than a
     short plane) with unsigned indices, so Numba emits no negative-index
     wraparound that would turn vector loads into gathers.
+
+    ``normalize`` is None, or ``(c2, scale, shift2, y)``: the same loop then
+    also writes ``y[a, c2, i] = x[a, c2, i] * scale + shift2`` at every index
+    it reads, so another channel is normalized while this one is read from
+    memory (the pipelined training forward).  The sum is the same either way.
     """
     uc = uint64(c)
     n = stop - start
     L = acc.shape[0]
     first = uint64(start)
     full = n - n % L
+    if normalize is not None:  # unpacked once: no reference counting inside the loops
+        c2, scale, shift2, y = normalize
+        u2 = uint64(c2)
     for lane in range(L):
         acc[lane] = 0.0
     total = 0.0
@@ -66,6 +74,10 @@ def _sum(x, a0, a1, c, start, stop, acc, shift):
                 else:
                     d = x[ua, uc, base + uint64(lane)] - shift
                     acc[lane] += d * d
+            if normalize is not None:
+                for lane in range(L):
+                    i = base + uint64(lane)
+                    y[ua, u2, i] = x[ua, u2, i] * scale + shift2
         for j in range(full, n):
             i = first + uint64(j)
             if shift is None:
@@ -73,28 +85,37 @@ def _sum(x, a0, a1, c, start, stop, acc, shift):
             else:
                 d = x[ua, uc, i] - shift
                 total += d * d
+            if normalize is not None:
+                y[ua, u2, i] = x[ua, u2, i] * scale + shift2
     for lane in range(L):
         total += acc[lane]
     return total
 
 
 @njit(cache=True)
-def _piece_moments(x, a0, a1, c, start, stop, acc):
-    """Two-pass mean and M2 of ``x[a0:a1, c, start:stop]``; ``acc`` is lane scratch space."""
-    mean = _sum(x, a0, a1, c, start, stop, acc, None) / ((a1 - a0) * (stop - start))
-    return mean, _sum(x, a0, a1, c, start, stop, acc, mean)
+def _piece_moments(x, a0, a1, c, start, stop, acc, normalize):
+    """Two-pass mean and M2 of ``x[a0:a1, c, start:stop]``; ``acc`` is lane scratch space.
+
+    ``normalize`` (see :func:`_sum`) rides along with the first pass, the one that reads from memory.
+    """
+    mean = _sum(x, a0, a1, c, start, stop, acc, None, normalize) / ((a1 - a0) * (stop - start))
+    return mean, _sum(x, a0, a1, c, start, stop, acc, mean, None)
 
 
 @njit(cache=True)
-def channel_planes_moments(x, c):
-    """Mean and M2 of channel ``c`` of an (A, C, B) array: its pieces merged in order."""
+def channel_planes_moments(x, c, normalize):
+    """Mean and M2 of channel ``c`` of an (A, C, B) array: its pieces merged in order.
+
+    With ``normalize = (c2, scale, shift, y)`` channel ``c2`` (of the same
+    shape) is normalized into ``y`` in the same loops; see :func:`_sum`.
+    """
     A, C, B = x.shape
     group, pieces = channel_pieces(A, B)
     acc = np.empty(lanes_for(B))
     n, mu, q = 0.0, 0.0, 0.0
     for j in range(pieces):
         a0, a1, start, stop = piece_bounds(j, A, B, group)
-        m, s = _piece_moments(x, a0, a1, c, start, stop, acc)
+        m, s = _piece_moments(x, a0, a1, c, start, stop, acc, normalize)
         n, mu, q = chan_merge(n, mu, q, float((a1 - a0) * (stop - start)), m, s)
     return mu, q
 
@@ -106,7 +127,7 @@ def _moments_planes(x):
     mean = np.empty(C)
     m2 = np.empty(C)
     for c in prange(C):
-        mean[c], m2[c] = channel_planes_moments(x, c)
+        mean[c], m2[c] = channel_planes_moments(x, c, None)
     return mean, m2
 
 
@@ -116,7 +137,7 @@ def _moments_planes_serial(x):
     mean = np.empty(C)
     m2 = np.empty(C)
     for c in range(C):
-        mean[c], m2[c] = channel_planes_moments(x, c)
+        mean[c], m2[c] = channel_planes_moments(x, c, None)
     return mean, m2
 
 
