@@ -202,3 +202,18 @@ def test_layout_boundaries_match_the_float64_reference(rng, monkeypatch, shape, 
     np.testing.assert_allclose(db, db_ref, rtol=1e-6, atol=1e-6 * np.abs(dy).sum(axis=(0, 2)).max())
     np.testing.assert_allclose(dw, dw_ref, rtol=1e-6, atol=1e-6 * np.abs(dy).sum(axis=(0, 2)).max())
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [5, 6, 7, 9])
+@pytest.mark.parametrize("force_parallel", [False, True])
+def test_an_infinite_value_in_the_leftover_rows_makes_the_variance_nan(rng, monkeypatch, rows,
+                                                                        force_parallel):
+    """Rows after the last chunk of four are reduced on their own: inf - inf is NaN there too."""
+    if force_parallel:
+        monkeypatch.setattr(_chunks, "SERIAL_MAX_ELEMENTS", 0)
+    x = rng.standard_normal((rows, 3)).astype(np.float32)
+    x[-1, 1] = np.inf
+    mean, var = nbn.channel_moments(x)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(np.isnan(var), np.isnan(x.astype(np.float64).var(axis=0)))
+    assert np.isinf(mean[1]) and np.isnan(var[1]) and np.isfinite(var[[0, 2]]).all()

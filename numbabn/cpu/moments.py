@@ -181,20 +181,15 @@ def rows_piece_moments(x2, a0, a1, mean, m2):
                     float64(r0[j]), float64(r1[j]), float64(r2[j]), float64(r3[j]))
                 mean[j], m2[j] = _merge_chunk(mean[j], m2[j], m, q, keep, take, spread)
         n += 4.0
-    rest = float(a1 - quad_end)
-    if rest == 0.0:
+    rest = a1 - quad_end
+    if rest == 0:
         return
+    # One to three rows left: rows past a1 - 1 repeat the last one and are not used.
+    r0, r1, r2 = x2[quad_end], x2[min(quad_end + 1, a1 - 1)], x2[min(quad_end + 2, a1 - 1)]
     total = n + rest
     keep, take = n / total, rest / total
     for j in range(W):
-        m = 0.0
-        for a in range(quad_end, a1):
-            m += x2[a, j]
-        m /= rest
-        q = 0.0
-        for a in range(quad_end, a1):
-            d = x2[a, j] - m
-            q += d * d
+        m, q = _rest_moments(rest, float64(r0[j]), float64(r1[j]), float64(r2[j]))
         if n == 0.0:
             mean[j], m2[j] = m, q
         else:
@@ -207,6 +202,25 @@ def _four_moments(v0, v1, v2, v3):
     m = ((v0 + v1) + (v2 + v3)) * 0.25
     d0, d1, d2, d3 = v0 - m, v1 - m, v2 - m, v3 - m
     return m, (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+
+
+@njit(cache=True)
+def _rest_moments(rest, v0, v1, v2):
+    """Exact mean and M2 of the first ``rest`` (1 to 3) of three values, added left to right.
+
+    ``rest`` is the same for every column, so the branches leave the column loop
+    (unswitched) and each version vectorizes.
+    """
+    if rest == 1:
+        d0 = v0 - v0  # NaN for an infinite value, as every other chunk gives
+        return v0, d0 * d0
+    if rest == 2:
+        m = (v0 + v1) / 2.0
+        d0, d1 = v0 - m, v1 - m
+        return m, d0 * d0 + d1 * d1
+    m = (v0 + v1 + v2) / 3.0
+    d0, d1, d2 = v0 - m, v1 - m, v2 - m
+    return m, d0 * d0 + d1 * d1 + d2 * d2
 
 
 @njit(cache=True)
