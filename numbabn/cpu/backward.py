@@ -25,8 +25,9 @@ frozen statistics only :math:`k^{dy}` is non-zero.
 than BLOCKS_MAX_B) a channel is differentiated right after it is reduced, while
 ``dy`` and ``x`` are still in cache, so memory sees about 3 x bytes instead of
 5 x.  Channels too large for the cache are pipelined instead: a channel's dx is
-written while the next channel is read for its sums.  The sums are accumulated in the same pieces and order as by
-:func:`backward_reduce`, so the fused and the split paths agree bit for bit.
+written while the next channel is read for its sums.  The sums are accumulated
+in the same pieces and order as by :func:`backward_reduce`, so the fused and
+the split paths agree bit for bit.
 """
 import numpy as np
 from numba import float64, njit, prange, uint64

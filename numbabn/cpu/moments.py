@@ -96,7 +96,8 @@ def _sum(x, a0, a1, c, start, stop, acc, shift, normalize):
 def _piece_moments(x, a0, a1, c, start, stop, acc, normalize):
     """Two-pass mean and M2 of ``x[a0:a1, c, start:stop]``; ``acc`` is lane scratch space.
 
-    ``normalize`` (see :func:`_sum`) rides along with the first pass, the one that reads from memory.
+    ``normalize`` (see :func:`_sum`) rides along with the first pass, the one
+    that reads from memory.
     """
     mean = _sum(x, a0, a1, c, start, stop, acc, None, normalize) / ((a1 - a0) * (stop - start))
     return mean, _sum(x, a0, a1, c, start, stop, acc, mean, None)
