@@ -12,7 +12,7 @@ from .distributed import (
     sync_batch_norm_forward,
 )
 from .functional import batch_norm, batch_norm_backward, batch_norm_forward, channel_moments
-from .layers import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 
 __version__ = "0.1.0"
 

@@ -46,7 +46,7 @@ from . import _channel_math as cm
 from . import _validate as v
 from ._dispatch import select_backend
 from .functional import _backward_inputs, _float_input, _training_inputs
-from .layers import BatchNorm
+from .batchnorm import BatchNorm
 
 #: The count a rank sends in place of its statistics when it rejected its input.
 _REJECTED = -1.0
@@ -265,7 +265,7 @@ class SyncBatchNorm(BatchNorm):
 
     Parameters
     ----------
-    num_features, eps, momentum, affine, track_running_stats, axis, dtype
+    num_features, eps, momentum, affine, track_running_stats, bias, axis, dtype
         As in :class:`numbabn.BatchNorm`.
     comm : mpi4py.MPI.Intracomm, keyword-only, optional
         The ranks that share the batch; None means ``MPI.COMM_WORLD``.  In
@@ -281,9 +281,10 @@ class SyncBatchNorm(BatchNorm):
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, *, axis=1, comm=None, dtype=np.float32):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, axis=axis,
-                         dtype=dtype)
+                 track_running_stats=True, *, bias=True, axis=1, comm=None,
+                 dtype=np.float32):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, bias=bias,
+                         axis=axis, dtype=dtype)
         self.comm = _communicator(comm)
         self._synchronized = False
 

@@ -136,7 +136,8 @@ def test_defaults_and_modes():
     assert bn.eval() is bn and not bn.training
     assert bn.train() is bn and bn.training
     assert repr(bn) == (
-        "BatchNorm2d(3, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)"
+        "BatchNorm2d(3, eps=1e-05, momentum=0.1, affine=True, bias=True, "
+        "track_running_stats=True)"
     )
 
 
