@@ -13,6 +13,15 @@ from .distributed import (
 )
 from .functional import batch_norm, batch_norm_backward, batch_norm_forward, channel_moments
 from .batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .functional_rows import (
+    layer_norm,
+    layer_norm_backward,
+    layer_norm_forward,
+    rms_norm,
+    rms_norm_backward,
+    rms_norm_forward,
+)
+from .normalization import LayerNorm, RMSNorm
 
 __version__ = "0.1.0"
 
@@ -22,6 +31,8 @@ __all__ = [
     "BatchNorm2d",
     "BatchNorm3d",
     "CudaUnavailableError",
+    "LayerNorm",
+    "RMSNorm",
     "RankInputError",
     "SyncBatchNorm",
     "batch_norm",
@@ -29,7 +40,13 @@ __all__ = [
     "batch_norm_forward",
     "channel_moments",
     "cuda_available",
+    "layer_norm",
+    "layer_norm_backward",
+    "layer_norm_forward",
     "load",
+    "rms_norm",
+    "rms_norm_backward",
+    "rms_norm_forward",
     "save",
     "sync_batch_norm_backward",
     "sync_batch_norm_forward",

@@ -171,3 +171,7 @@ def backward(dy, x, lay, mean, invstd, weight, training, out):
     # Both are fresh float64 vectors: no copy needed when the gradients are float64.
     dweight = (sum_dy_xmu * invstd).astype(grad_dtype, copy=False)
     return dx, dweight, sum_dy.astype(grad_dtype, copy=False)
+
+
+# Layer norm and RMS norm (per-row statistics, per-element affine).
+from .rownorm_backend import row_norm_backward, row_norm_forward  # noqa: E402,F401
