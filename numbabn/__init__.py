@@ -11,8 +11,21 @@ from .distributed import (
     sync_batch_norm_backward,
     sync_batch_norm_forward,
 )
-from .functional import batch_norm, batch_norm_backward, batch_norm_forward, channel_moments
+from .functional import (
+    batch_norm,
+    batch_norm_backward,
+    batch_norm_forward,
+    channel_moments,
+    group_norm,
+    group_norm_backward,
+    group_norm_forward,
+    instance_norm,
+    instance_norm_backward,
+    instance_norm_forward,
+)
 from .batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
+from .normalization import GroupNorm
 
 __version__ = "0.1.0"
 
@@ -22,6 +35,10 @@ __all__ = [
     "BatchNorm2d",
     "BatchNorm3d",
     "CudaUnavailableError",
+    "GroupNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
     "RankInputError",
     "SyncBatchNorm",
     "batch_norm",
@@ -29,6 +46,12 @@ __all__ = [
     "batch_norm_forward",
     "channel_moments",
     "cuda_available",
+    "group_norm",
+    "group_norm_backward",
+    "group_norm_forward",
+    "instance_norm",
+    "instance_norm_backward",
+    "instance_norm_forward",
     "load",
     "save",
     "sync_batch_norm_backward",
