@@ -254,7 +254,9 @@ def channel_moments(x, *, axis=1, ddof=0, device="auto"):
 
 def _sample_input(backend, x, axis, groups, min_rank):
     x = _float_input(backend, "x", x)
-    return x, v.sample_layout(x.shape, axis, groups, min_rank)
+    slay = v.sample_layout(x.shape, axis, groups, min_rank)
+    backend.require_c_order(x, "group and instance norm")
+    return x, slay
 
 
 def _sample_stats(backend, name, a, slay):

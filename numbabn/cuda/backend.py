@@ -432,3 +432,12 @@ def group_train(x, slay, weight, bias, eps, out):
 def group_backward(dy, x, slay, mean, invstd, weight, out):
     """No CUDA-specific group norm kernel: None, so the engine composes the batch-norm ones."""
     return None
+
+
+def require_c_order(x, what):
+    """Raise ``ValueError`` unless device array ``x`` is C-contiguous (views cut it by samples)."""
+    if rt.is_device_array(x) and not rt.is_c_contiguous(rt.device_view(x)):
+        raise ValueError(
+            f"{what} reads device arrays in C order; for a channels-last tensor pass its "
+            "channels-last view (N, ..., C) with axis=-1, or make a contiguous copy"
+        )
