@@ -11,7 +11,18 @@ from .distributed import (
     sync_batch_norm_backward,
     sync_batch_norm_forward,
 )
-from .functional import batch_norm, batch_norm_backward, batch_norm_forward, channel_moments
+from .functional import (
+    batch_norm,
+    batch_norm_backward,
+    batch_norm_forward,
+    channel_moments,
+    group_norm,
+    group_norm_backward,
+    group_norm_forward,
+    instance_norm,
+    instance_norm_backward,
+    instance_norm_forward,
+)
 from .batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .functional_rows import (
     layer_norm,
@@ -21,7 +32,9 @@ from .functional_rows import (
     rms_norm_backward,
     rms_norm_forward,
 )
-from .normalization import LayerNorm, RMSNorm
+
+from .instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
+from .normalization import GroupNorm, LayerNorm, RMSNorm
 
 __version__ = "0.1.0"
 
@@ -33,6 +46,10 @@ __all__ = [
     "CudaUnavailableError",
     "LayerNorm",
     "RMSNorm",
+    "GroupNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
     "RankInputError",
     "SyncBatchNorm",
     "batch_norm",
@@ -43,6 +60,12 @@ __all__ = [
     "layer_norm",
     "layer_norm_backward",
     "layer_norm_forward",
+    "group_norm",
+    "group_norm_backward",
+    "group_norm_forward",
+    "instance_norm",
+    "instance_norm_backward",
+    "instance_norm_forward",
     "load",
     "rms_norm",
     "rms_norm_backward",
