@@ -350,10 +350,17 @@ def build_parser(parser=None):
     parser.add_argument("--ops", default=",".join(OPS),
                         help=f"comma-separated operations out of {','.join(OPS)}")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--rownorm", action="store_true",
+                        help="time layer norm and RMS norm (ops layer_norm, "
+                             "layer_norm_backward, rms_norm, rms_norm_backward) instead")
     return parser
 
 
 def main(args):
+    if getattr(args, "rownorm", False):
+        from . import _bench_rows
+
+        return _bench_rows.main(args)
     try:
         cases = (parse_shapes(args.shapes) if args.shapes
                  else default_cases(QUICK_SHAPES if args.quick else DEFAULT_SHAPES))
