@@ -350,17 +350,13 @@ def build_parser(parser=None):
     parser.add_argument("--ops", default=",".join(OPS),
                         help=f"comma-separated operations out of {','.join(OPS)}")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    parser.add_argument("--rownorm", action="store_true",
-                        help="time layer norm and RMS norm (ops layer_norm, "
-                             "layer_norm_backward, rms_norm, rms_norm_backward) instead")
+    parser.add_argument("--norms", default="batch",
+                        help="comma-separated tables out of batch,group,instance,layer,rms "
+                        "(or 'all'); group and instance share one table, layer and rms another")
     return parser
 
 
 def main(args):
-    if getattr(args, "rownorm", False):
-        from . import _bench_rows
-
-        return _bench_rows.main(args)
     try:
         cases = (parse_shapes(args.shapes) if args.shapes
                  else default_cases(QUICK_SHAPES if args.quick else DEFAULT_SHAPES))
@@ -378,9 +374,41 @@ def main(args):
     def progress(text):
         print(text, file=sys.stderr, flush=True)
 
-    report = run(cases, ops, np.dtype(args.dtype), budget, copy_bytes, progress)
-    print(format_table(report))
+    known = {"batch", "group", "instance", "layer", "rms"}
+    norms = known if args.norms == "all" else {n.strip() for n in args.norms.split(",")}
+    unknown = sorted(norms - known)
+    if unknown:
+        print(f"error: unknown normalization(s) {unknown}", file=sys.stderr)
+        return 2
+    report = {}
+    if "batch" in norms:
+        report = run(cases, ops, np.dtype(args.dtype), budget, copy_bytes, progress)
+        print(format_table(report))
+    if norms & {"group", "instance"}:
+        report["groups"] = _run_groups(args.quick, np.dtype(args.dtype), budget, copy_bytes,
+                                       progress)
+    if norms & {"layer", "rms"}:
+        from . import _bench_rows
+
+        report["rows"] = _bench_rows.run_and_print(args.quick, np.dtype(args.dtype), budget,
+                                                   copy_bytes, progress)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
     return 0
+
+
+def _run_groups(quick, dtype, budget, copy_bytes, progress):
+    """The group/instance norm table (numbabn._bench_groups), printed; returns its rows."""
+    import numba
+
+    from . import _bench_groups
+
+    torch = load_torch()
+    if torch is not None:
+        torch.set_num_threads(numba.get_num_threads())
+    bandwidth = copy_bandwidth(copy_bytes, budget)
+    rows = _bench_groups.run(quick, dtype, budget, bandwidth, torch, progress)
+    print()
+    print(_bench_groups.format_table(rows, torch is not None))
+    return rows

@@ -1,4 +1,4 @@
-r"""``python -m numbabn bench --rownorm``: layer norm and RMS norm against PyTorch, side by side.
+r"""``python -m numbabn bench --norms layer,rms``: layer norm and RMS norm against PyTorch, side by side.
 
 Four operations per shape: ``layer_norm`` and ``rms_norm`` forward (no
 gradient kept) and their backward (dx, dγ and, for layer norm, dβ, from the
@@ -148,31 +148,10 @@ def format_table(report):
     return "\n".join(lines)
 
 
-def main(args):
-    import json
-    import sys
-
-    try:
-        shapes = ([s.shape for s in B.parse_shapes(args.shapes)] if args.shapes
-                  else QUICK_SHAPES if args.quick else DEFAULT_SHAPES)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    ops = OPS if args.ops == ",".join(B.OPS) else [op.strip() for op in args.ops.split(",")]
-    unknown = sorted(set(ops) - set(OPS))
-    if unknown:
-        print(f"error: unknown operation(s) {unknown}; with --rownorm choose from {OPS}",
-              file=sys.stderr)
-        return 2
-    budget = 0.02 if args.quick else 0.25
-    copy_bytes = 2**25 if args.quick else 2**28
-
-    def progress(text):
-        print(text, file=sys.stderr, flush=True)
-
-    report = run(shapes, ops, np.dtype(args.dtype), budget, copy_bytes, progress)
+def run_and_print(quick, dtype, budget, copy_bytes, progress):
+    """The layer/RMS norm table (for ``bench --norms layer,rms``), printed; returns its report."""
+    report = run(QUICK_SHAPES if quick else DEFAULT_SHAPES, OPS, dtype, budget, copy_bytes,
+                 progress)
+    print()
     print(format_table(report))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-    return 0
+    return report
