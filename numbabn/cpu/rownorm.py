@@ -73,7 +73,7 @@ def _centred_square_sum(xr, mhi, mlo, acc):
     r"""Float64 :math:`\sum_j ((x_j - m_{hi}) - m_{lo})^2` over one row, in ``len(acc)`` lanes.
 
     The difference is formed in the row's dtype (exact for float32 data near
-    the mean), squared and summed in float64.  With ``mhi = mlo = 0`` this is
+    the mean) and squared there; groups of four squares go into float64 lanes.  With ``mhi = mlo = 0`` this is
     the sum of squares of RMS norm.  Lanes are added in a fixed order.
     """
     D = xr.shape[0]
@@ -86,11 +86,13 @@ def _centred_square_sum(xr, mhi, mlo, acc):
         base = uint64(k * step)  # unsigned: no negative-index wraparound, so no gathers
         for lane in range(L):
             i = base + uint64(lane)
-            d0 = np.float64((xr[i] - mhi) - mlo)
-            d1 = np.float64((xr[i + uint64(L)] - mhi) - mlo)
-            d2 = np.float64((xr[i + uint64(2 * L)] - mhi) - mlo)
-            d3 = np.float64((xr[i + uint64(3 * L)] - mhi) - mlo)
-            acc[lane] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+            d0 = (xr[i] - mhi) - mlo
+            d1 = (xr[i + uint64(L)] - mhi) - mlo
+            d2 = (xr[i + uint64(2 * L)] - mhi) - mlo
+            d3 = (xr[i + uint64(3 * L)] - mhi) - mlo
+            # Four squares summed in the row's dtype (positive terms: a relative error of
+            # a few units in the last place, far below the result's), then in float64.
+            acc[lane] += np.float64((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3))
     total = 0.0
     for j in range(full, D):
         d = np.float64((xr[j] - mhi) - mlo)
@@ -180,15 +182,59 @@ def forward(x2, w, b, eps, centered, y2, parallel):
 
 
 @njit(cache=True, error_model="numpy")
+def _backward_sums(dyr, xr, w, mhi, mlo, s, acc_g, acc_gx):
+    r"""Float64 ``(sum(g), sum(g * xhat))`` over one row, ``g = dy * w``.
+
+    Groups of four terms are added in the row's dtype (their rounding is that
+    of ``g`` itself), then go into ``len(acc_g)`` float64 lanes added in a
+    fixed order.
+    """
+    D = xr.shape[0]
+    L = acc_g.shape[0]
+    for lane in range(L):
+        acc_g[lane] = 0.0
+        acc_gx[lane] = 0.0
+    step = 4 * L
+    full = D - D % step
+    uL = uint64(L)
+    for k in range(D // step):
+        base = uint64(k * step)
+        for lane in range(L):
+            i0 = base + uint64(lane)
+            i1 = i0 + uL
+            i2 = i1 + uL
+            i3 = i2 + uL
+            g0 = dyr[i0] * w[i0]
+            g1 = dyr[i1] * w[i1]
+            g2 = dyr[i2] * w[i2]
+            g3 = dyr[i3] * w[i3]
+            h0 = ((xr[i0] - mhi) - mlo) * s
+            h1 = ((xr[i1] - mhi) - mlo) * s
+            h2 = ((xr[i2] - mhi) - mlo) * s
+            h3 = ((xr[i3] - mhi) - mlo) * s
+            acc_g[lane] += np.float64((g0 + g1) + (g2 + g3))
+            acc_gx[lane] += np.float64((g0 * h0 + g1 * h1) + (g2 * h2 + g3 * h3))
+    sg = 0.0
+    sgx = 0.0
+    for j in range(full, D):
+        g = dyr[j] * w[j]
+        sg += np.float64(g)
+        sgx += np.float64(g * (((xr[j] - mhi) - mlo) * s))
+    for lane in range(L):
+        sg += acc_g[lane]
+        sgx += acc_gx[lane]
+    return sg, sgx
+
+
+@njit(cache=True, error_model="numpy")
 def _backward_piece(dy, x, r0, r1, mean, rstd, w, centered, dx, cw, cb):
     """Rows ``r0:r1``: dx row by row (both passes while the row is in cache), and this
-    piece's column sums ``cw += dy * xhat``, ``cb += dy`` (float64, zeroed by the caller)."""
+    piece's column sums ``cw += dy * xhat``, ``cb += dy`` (float64, zeroed by the caller),
+    formed in the second pass with the ``xhat`` that dx needs."""
     D = x.shape[1]
-    L = LANES
-    acc_g = np.zeros(L)
-    acc_gx = np.zeros(L)
+    acc_g = np.empty(LANES)
+    acc_gx = np.empty(LANES)
     tv = np.empty(4, x.dtype)
-    full = D - D % L
     for r in range(r0, r1):
         xr = x[r]
         dyr = dy[r]
@@ -199,43 +245,17 @@ def _backward_piece(dy, x, r0, r1, mean, rstd, w, centered, dx, cw, cb):
         mhi = tv[0]
         mlo = tv[1]
         s = tv[2]
-        for lane in range(L):
-            acc_g[lane] = 0.0
-            acc_gx[lane] = 0.0
-        for k in range(D // L):
-            base = uint64(k * L)
-            for lane in range(L):
-                j = base + uint64(lane)
-                xh = ((xr[j] - mhi) - mlo) * s
-                g = dyr[j] * w[j]
-                acc_g[lane] += np.float64(g)
-                acc_gx[lane] += np.float64(g * xh)
-                cw[j] += np.float64(dyr[j] * xh)
-                cb[j] += np.float64(dyr[j])
-        sg = 0.0
-        sgx = 0.0
-        for j in range(full, D):
-            xh = ((xr[j] - mhi) - mlo) * s
-            g = dyr[j] * w[j]
-            sg += np.float64(g)
-            sgx += np.float64(g * xh)
-            cw[j] += np.float64(dyr[j] * xh)
-            cb[j] += np.float64(dyr[j])
-        for lane in range(L):
-            sg += acc_g[lane]
-            sgx += acc_gx[lane]
+        sg, sgx = _backward_sums(dyr, xr, w, mhi, mlo, s, acc_g, acc_gx)
         tv[3] = sgx / D
         c = tv[3]
-        if centered:
-            tv[3] = sg / D
-            a = tv[3]
-            for j in range(D):
-                xh = ((xr[j] - mhi) - mlo) * s
-                dxr[j] = s * ((dyr[j] * w[j] - a) - xh * c)
-        else:
-            for j in range(D):
-                xh = xr[j] * s
-                dxr[j] = s * (dyr[j] * w[j] - xh * c)
+        tv[3] = sg / D if centered else 0.0
+        a = tv[3]
+        for j in range(D):
+            g0 = dyr[j]
+            xh = ((xr[j] - mhi) - mlo) * s
+            dxr[j] = s * ((g0 * w[j] - a) - xh * c)
+            cw[j] += np.float64(g0 * xh)
+            cb[j] += np.float64(g0)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
