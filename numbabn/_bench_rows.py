@@ -1,4 +1,4 @@
-r"""``python -m numbabn bench --norms layer,rms``: layer norm and RMS norm against PyTorch, side by side.
+r"""``python -m numbabn bench --norms layer,rms``: layer and RMS norm against PyTorch.
 
 Four operations per shape: ``layer_norm`` and ``rms_norm`` forward (no
 gradient kept) and their backward (dx, dγ and, for layer norm, dβ, from the

@@ -73,8 +73,9 @@ def _centred_square_sum(xr, mhi, mlo, acc):
     r"""Float64 :math:`\sum_j ((x_j - m_{hi}) - m_{lo})^2` over one row, in ``len(acc)`` lanes.
 
     The difference is formed in the row's dtype (exact for float32 data near
-    the mean) and squared there; groups of four squares go into float64 lanes.  With ``mhi = mlo = 0`` this is
-    the sum of squares of RMS norm.  Lanes are added in a fixed order.
+    the mean) and squared there; groups of four squares go into float64 lanes.
+    With ``mhi = mlo = 0`` this is the sum of squares of RMS norm.  Lanes are
+    added in a fixed order.
     """
     D = xr.shape[0]
     L = acc.shape[0]
