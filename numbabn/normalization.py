@@ -129,12 +129,12 @@ class _RowNorm(Module):
         self.normalized_shape = v.normalized_shape_value(normalized_shape)
         self.eps = eps
         self.elementwise_affine = bool(elementwise_affine)
-        shape = self.normalized_shape
-        self.register_parameter(
-            "weight", np.ones(shape, self.dtype) if self.elementwise_affine else None)
-        if bias is not None:
+        if bias is None:  # RMS norm: a weight and no bias at all
             self.register_parameter(
-                "bias", np.zeros(shape, self.dtype) if self.elementwise_affine and bias else None)
+                "weight",
+                np.ones(self.normalized_shape, self.dtype) if self.elementwise_affine else None)
+        else:
+            self.register_affine(self.normalized_shape, self.elementwise_affine, bias)
 
     def reset_parameters(self):
         """weight = 1 and bias = 0 (where present)."""
