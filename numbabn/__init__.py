@@ -13,6 +13,8 @@ from .distributed import (
 )
 from .functional import batch_norm, batch_norm_backward, batch_norm_forward, channel_moments
 from .batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .batchrenorm import BatchRenorm, BatchRenorm1d, BatchRenorm2d, BatchRenorm3d
+from .functional_renorm import batch_renorm, batch_renorm_backward, batch_renorm_forward
 
 __version__ = "0.1.0"
 
@@ -21,12 +23,19 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "BatchRenorm",
+    "BatchRenorm1d",
+    "BatchRenorm2d",
+    "BatchRenorm3d",
     "CudaUnavailableError",
     "RankInputError",
     "SyncBatchNorm",
     "batch_norm",
     "batch_norm_backward",
     "batch_norm_forward",
+    "batch_renorm",
+    "batch_renorm_backward",
+    "batch_renorm_forward",
     "channel_moments",
     "cuda_available",
     "load",
