@@ -453,3 +453,34 @@ def test_failed_forward_changes_nothing(rng):
     with pytest.raises(ValueError):
         layer(np.zeros((1, 3), np.float32))
     assert layer.num_batches_tracked == 0 and (layer.running_mean == 0).all()
+
+
+def test_cuda_finalize_kernel_compiles_to_ptx(monkeypatch):
+    """The CUDA renorm finalize compiles for sm_90 (skipped without NVIDIA's compiler libraries;
+    the simulator suite runs it, tests/cuda_sim/test_cuda_renorm.py)."""
+    import types
+
+    numba_types = pytest.importorskip("numba.types")
+    from numbabn.cuda import _runtime
+
+    if _runtime.SIMULATED:
+        pytest.skip("the simulator does not compile")
+    import numba.cuda.dispatcher as dispatcher
+
+    from numbabn.cuda import renorm
+
+    monkeypatch.setattr(dispatcher, "get_current_device",
+                        lambda: types.SimpleNamespace(compute_capability=(9, 0)))
+    f16, f32, f64 = numba_types.float16, numba_types.float32, numba_types.float64
+    part = numba_types.Array(f64, 2, "C")
+    vec = lambda t: numba_types.Array(t, 1, "A")  # noqa: E731
+    args = (part, part, part, numba_types.int64, f64, f64, f64, f64, vec(f32), vec(f32),
+            vec(f16), numba_types.boolean, vec(f64), numba_types.boolean,
+            numba_types.Array(f32, 2, "C"), part)
+    try:
+        _runtime.cuda.compile_ptx(lambda a: None, numba_types.void(vec(f32)), cc=(9, 0))
+    except Exception as err:  # NVVM / NVRTC libraries not installed
+        pytest.skip(f"no CUDA compiler libraries here: {type(err).__name__}: {err}"[:200])
+    ptx, _ = _runtime.cuda.compile_ptx(renorm.renorm_stats.py_func, numba_types.void(*args),
+                                       cc=(9, 0))
+    assert ".entry" in ptx

@@ -55,6 +55,8 @@ def renorm_stats(part_n, part_mean, part_m2, Bp, eps, momentum, rmax, dmax,
         coef[1, c] = invstd
         coef[2, c] = gamma * r
         coef[3, c] = beta + gamma * d
+        # Written as train_stats writes it (the buffer read in its own dtype), so the
+        # running buffers round as batch norm's do, on a GPU and in the simulator.
         keep = 1.0 - momentum
-        running_mean[c] = keep * old_mean + momentum * mean
-        running_var[c] = keep * old_var + momentum * (m2 / (n - 1.0))
+        running_mean[c] = keep * running_mean[c] + momentum * mean
+        running_var[c] = keep * running_var[c] + momentum * (m2 / (n - 1.0))
