@@ -11,10 +11,23 @@ from .distributed import (
     sync_batch_norm_backward,
     sync_batch_norm_forward,
 )
-from .functional import batch_norm, batch_norm_backward, batch_norm_forward, channel_moments
+from .functional import (
+    batch_norm,
+    batch_norm_backward,
+    batch_norm_forward,
+    channel_moments,
+    group_norm,
+    group_norm_backward,
+    group_norm_forward,
+    instance_norm,
+    instance_norm_backward,
+    instance_norm_forward,
+)
 from .batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .batchrenorm import BatchRenorm, BatchRenorm1d, BatchRenorm2d, BatchRenorm3d
 from .functional_renorm import batch_renorm, batch_renorm_backward, batch_renorm_forward
+from .instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
+from .normalization import GroupNorm
 
 __version__ = "0.1.0"
 
@@ -28,6 +41,10 @@ __all__ = [
     "BatchRenorm2d",
     "BatchRenorm3d",
     "CudaUnavailableError",
+    "GroupNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
     "RankInputError",
     "SyncBatchNorm",
     "batch_norm",
@@ -38,6 +55,12 @@ __all__ = [
     "batch_renorm_forward",
     "channel_moments",
     "cuda_available",
+    "group_norm",
+    "group_norm_backward",
+    "group_norm_forward",
+    "instance_norm",
+    "instance_norm_backward",
+    "instance_norm_forward",
     "load",
     "save",
     "sync_batch_norm_backward",

@@ -350,6 +350,9 @@ def build_parser(parser=None):
     parser.add_argument("--ops", default=",".join(OPS),
                         help=f"comma-separated operations out of {','.join(OPS)}")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--norms", default="batch",
+                        help="comma-separated tables out of batch,group,instance (or 'all'); "
+                        "group and instance share one table")
     return parser
 
 
@@ -371,9 +374,36 @@ def main(args):
     def progress(text):
         print(text, file=sys.stderr, flush=True)
 
-    report = run(cases, ops, np.dtype(args.dtype), budget, copy_bytes, progress)
-    print(format_table(report))
+    norms = {"batch", "group", "instance"} if args.norms == "all" else {
+        n.strip() for n in args.norms.split(",")}
+    unknown = sorted(norms - {"batch", "group", "instance"})
+    if unknown:
+        print(f"error: unknown normalization(s) {unknown}", file=sys.stderr)
+        return 2
+    report = {}
+    if "batch" in norms:
+        report = run(cases, ops, np.dtype(args.dtype), budget, copy_bytes, progress)
+        print(format_table(report))
+    if norms & {"group", "instance"}:
+        report["groups"] = _run_groups(args.quick, np.dtype(args.dtype), budget, copy_bytes,
+                                       progress)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
     return 0
+
+
+def _run_groups(quick, dtype, budget, copy_bytes, progress):
+    """The group/instance norm table (numbabn._bench_groups), printed; returns its rows."""
+    import numba
+
+    from . import _bench_groups
+
+    torch = load_torch()
+    if torch is not None:
+        torch.set_num_threads(numba.get_num_threads())
+    bandwidth = copy_bandwidth(copy_bytes, budget)
+    rows = _bench_groups.run(quick, dtype, budget, bandwidth, torch, progress)
+    print()
+    print(_bench_groups.format_table(rows, torch is not None))
+    return rows

@@ -1,7 +1,7 @@
 """Picks the backend that serves a call, from the arrays and ``device=``.
 
 This is the only place that knows which backends exist.  A backend is a
-module with the functions of :mod:`numbabn.cpu.backend`.
+module conforming to :class:`numbabn._backend.Backend`.
 """
 import sys
 

@@ -164,3 +164,53 @@ def training_count(lay, shape, where=""):
             f"Expected more than 1 value per channel when training, got input size {tuple(shape)}"
             + where
         )
+
+
+class SampleLayout(NamedTuple):
+    """A per-sample member's input (N, pre..., C, post...) with C in G groups of C // G.
+
+    Statistics are taken per (sample, group) over ``A * (C // G) * B``
+    values: A = the product of the axes between the batch and the channel
+    axis, B = the product of the axes after the channel axis.
+    """
+
+    N: int
+    A: int
+    C: int
+    B: int
+    G: int
+    axis: int
+
+    @property
+    def count(self):
+        """Values per (sample, group)."""
+        return self.A * (self.C // self.G) * self.B
+
+
+def sample_layout(shape, axis, groups, min_rank):
+    """Check ``axis`` (not the batch axis 0) and ``groups`` against ``shape``.
+
+    ``groups`` None means one group per channel (instance norm).
+    """
+    ndim = len(shape)
+    if ndim < min_rank:
+        raise ValueError(
+            f"expected an input of rank {min_rank} or more (N, C, ...), got shape {tuple(shape)}"
+        )
+    lay = layout(shape, axis)
+    if lay.axis == 0:
+        raise ValueError("axis 0 is the batch axis; the channel axis must be another one")
+    n = int(shape[0])
+    a = lay.A // n if n else math.prod(shape[1:lay.axis])
+    if groups is None:
+        groups = lay.C
+    elif isinstance(groups, (bool, np.bool_)) or not isinstance(groups, numbers.Integral):
+        raise TypeError(f"num_groups must be an integer, got {groups!r}")
+    elif groups < 1:
+        raise ValueError(f"num_groups must be at least 1, got {groups}")
+    elif lay.C % groups:
+        raise ValueError(
+            "Expected number of channels in input to be divisible by num_groups, but got "
+            f"input of shape {list(shape)} and num_groups={groups}"
+        )
+    return SampleLayout(N=n, A=a, C=lay.C, B=lay.B, G=int(groups), axis=lay.axis)

@@ -7,8 +7,10 @@ channels-last); every other axis is reduced over.
 """
 import numpy as np
 
+from . import _engine
 from . import _validate as v
-from ._dispatch import select_backend
+from ._dispatch import is_device_array, select_backend
+from ._validate import stats_dtype
 
 
 def _float_input(backend, name, a):
@@ -92,8 +94,10 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
     eps = v.eps_value(eps)
     out = v.out_array(out, x.shape, x.dtype)
     if training:
-        v.training_count(lay, x.shape)
         momentum = _check_running(running_mean, running_var, momentum)
+        if lay.count == 0:
+            return _empty_batch(backend, x, lay, out)[0]
+        v.training_count(lay, x.shape)
         y, _, _ = backend.forward_train(
             x, lay, weight, bias, eps, out, running_mean, running_var, momentum
         )
@@ -131,9 +135,22 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=1, out=None,
     lay = v.layout(x.shape, axis)
     weight, bias, running_mean, running_var, eps, out, momentum = _training_inputs(
         backend, lay, x, weight, bias, running_mean, running_var, eps, out, momentum)
+    if lay.count == 0:
+        return _empty_batch(backend, x, lay, out)
     v.training_count(lay, x.shape)
     return backend.forward_train(x, lay, weight, bias, eps, out, running_mean, running_var,
                                  momentum)
+
+
+def _empty_batch(backend, x, lay, out):
+    """A training forward of an empty batch, as PyTorch: an empty result, running buffers as
+    they were; the statistics of nothing are NaN."""
+    if out is None:
+        out = backend.empty(x.shape, x.dtype) if is_device_array(x) else np.empty_like(x)
+    nan = np.full(lay.C, np.nan, stats_dtype(x.dtype))
+    stats = (backend.to_backend(nan), backend.to_backend(nan)) if is_device_array(x) else (
+        nan, nan.copy())
+    return (out,) + stats
 
 
 def _training_inputs(backend, lay, x, weight, bias, running_mean, running_var, eps, out,
@@ -229,3 +246,298 @@ def channel_moments(x, *, axis=1, ddof=0, device="auto"):
     lay = v.layout(x.shape, axis)
     ddof = v.ddof_value(ddof)
     return backend.moments(x, lay, ddof)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-sample members: group norm and instance norm (statistics per sample and group/channel)
+
+
+def _sample_input(backend, x, axis, groups, min_rank):
+    x = _float_input(backend, "x", x)
+    slay = v.sample_layout(x.shape, axis, groups, min_rank)
+    backend.require_c_order(x, "group and instance norm")
+    return x, slay
+
+
+def _sample_stats(backend, name, a, slay):
+    """Check saved (N, G) statistics; return them as a host float64 array."""
+    if a is None:
+        raise ValueError("mean and invstd are required")
+    a = _float_input(backend, name, a)
+    v.same_shape(name, a, (slay.N, slay.G))
+    return _engine.host64(a)
+
+
+def _empty_sample_result(backend, x, slay, out):
+    """An empty input (no sample, or nothing per sample): empty result, NaN statistics."""
+    if out is None:
+        out = backend.empty(x.shape, x.dtype) if is_device_array(x) else np.empty_like(x)
+    nan = np.full((slay.N, slay.G), np.nan)
+    return (out,) + _engine.deliver_stats(backend, x, nan, nan)
+
+
+def _sample_backward_inputs(backend, dy, x, mean, invstd, weight, out, slay):
+    dy = _float_input(backend, "dy", dy)
+    v.same_shape("dy", dy, x.shape)
+    if dy.dtype != x.dtype:
+        raise TypeError(f"dy and x must have the same dtype, got {dy.dtype} and {x.dtype}")
+    mean = _sample_stats(backend, "mean", mean, slay)
+    invstd = _sample_stats(backend, "invstd", invstd, slay)
+    weight = _channel_input(backend, "weight", weight, slay)
+    out = v.out_array(out, x.shape, x.dtype)
+    return dy, mean, invstd, weight, out
+
+
+def _sample_gradients(backend, x, weight, dx, dweight, dbias):
+    """Gradients in ``weight``'s dtype (or the saved-statistics dtype), where ``x`` lives."""
+    dtype = weight.dtype if weight is not None else stats_dtype(x.dtype)
+    grads = (dweight.astype(dtype), dbias.astype(dtype))
+    if is_device_array(x):
+        grads = tuple(backend.to_backend(g) for g in grads)
+    return (dx,) + grads
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, axis=1, out=None,
+               device="auto"):
+    r"""Group normalization with PyTorch's ``torch.nn.functional.group_norm`` semantics.
+
+    The C channels are split into ``num_groups`` groups of C / G consecutive
+    channels; every (sample, group) is normalized with its own mean and
+    biased variance over the group's channels and all other axes but the
+    batch axis 0, then each channel gets its own affine:
+
+    .. math::
+
+        y_{n,c} = \frac{x_{n,c} - \mu_{n,g(c)}}{\sqrt{\sigma^2_{n,g(c)} + \epsilon}}\,
+                  \gamma_c + \beta_c
+
+    Parameters
+    ----------
+    x : array_like of float16, float32 or float64, rank >= 2
+        Axis 0 is the batch axis N.
+    num_groups : int
+        G, a divisor of C.
+    weight, bias : array_like of shape (C,), optional
+        :math:`\gamma` and :math:`\beta`; None means 1 and 0.
+    eps : float > 0
+    axis : int, keyword-only
+        The channel axis (1 for (N, C, ...), -1 for channels-last); not 0.
+    out : ndarray, keyword-only, optional
+        Written with the result and returned; may be ``x`` itself.
+    device : {"auto", "cpu", "cuda"}, keyword-only
+        As in :func:`batch_norm`.
+
+    Returns
+    -------
+    y : ndarray, shape and dtype of ``x``
+
+    Shape
+    -----
+    ``x``: (N, ..., C, ...) with C on ``axis``; ``y``: the same.
+    """
+    return group_norm_forward(x, num_groups, weight, bias, eps=eps, axis=axis, out=out,
+                              device=device)[0]
+
+
+def group_norm_forward(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, out=None,
+                       device="auto"):
+    r"""Group normalization that also returns the statistics backward needs.
+
+    .. math::
+
+        \mu_{n,g} = \frac{1}{M}\sum_{i \in (n,g)} x_i, \quad
+        \sigma^{-1}_{n,g} = \Big(\frac{1}{M}\sum_{i \in (n,g)} (x_i - \mu_{n,g})^2
+                            + \epsilon\Big)^{-1/2}
+
+    with M = (C / G) times the product of every axis but 0 and ``axis``.
+
+    Returns
+    -------
+    y : ndarray, shape and dtype of ``x``
+    mean, invstd : ndarray of shape (N, num_groups)
+        float64 for float64 input, else float32.
+    """
+    backend = select_backend(device, x, None, out)
+    x, slay = _sample_input(backend, x, axis, num_groups, 2)
+    weight = _channel_input(backend, "weight", weight, slay)
+    bias = _channel_input(backend, "bias", bias, slay)
+    eps = v.eps_value(eps)
+    out = v.out_array(out, x.shape, x.dtype)
+    # PyTorch's check (_verify_batch_size on the grouped shape): one value in all.
+    if slay.N * slay.count == 1:
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got input size "
+            f"{list(x.shape)}"
+        )
+    if x.size == 0:
+        return _empty_sample_result(backend, x, slay, out)
+    y, mean, invstd, _ = _engine.forward_train(backend, x, slay, weight, bias, eps, out)
+    return (y,) + _engine.deliver_stats(backend, x, mean, invstd)
+
+
+def group_norm_backward(dy, x, mean, invstd, num_groups, weight=None, *, axis=1, out=None,
+                        device="auto"):
+    r"""Gradients of group normalization: ``(dx, dweight, dbias)``.
+
+    With :math:`\hat x = (x - \mu_{n,g})\sigma^{-1}_{n,g}`, :math:`g = dy\,\gamma_c`
+    and M values per group,
+
+    .. math::
+
+        dx = \sigma^{-1}_{n,g}\Big(g - \frac{1}{M}\sum_{(n,g)} g
+             - \hat x\,\frac{1}{M}\sum_{(n,g)} g\,\hat x\Big), \qquad
+        \frac{\partial L}{\partial\gamma_c} = \sum_{n,\cdot} dy\,\hat x, \qquad
+        \frac{\partial L}{\partial\beta_c} = \sum_{n,\cdot} dy.
+
+    Parameters
+    ----------
+    dy, x : arrays of the same shape and dtype
+    mean, invstd : array_like of shape (N, num_groups)
+        As returned by :func:`group_norm_forward`.
+    num_groups : int
+    weight : array_like of shape (C,), optional
+
+    Returns
+    -------
+    dx : ndarray, shape and dtype of ``x``
+    dweight, dbias : ndarray of shape (C,)
+        In ``weight``'s dtype; without weight, float64 for float64 input, else float32.
+    """
+    backend = select_backend(device, x, dy, out)
+    x, slay = _sample_input(backend, x, axis, num_groups, 2)
+    dy, mean, invstd, weight, out = _sample_backward_inputs(
+        backend, dy, x, mean, invstd, weight, out, slay)
+    if x.size == 0:
+        dx = _empty_sample_result(backend, x, slay, out)[0]
+        return _sample_gradients(backend, x, weight, dx, np.zeros(slay.C), np.zeros(slay.C))
+    members = _engine.backward_rows if slay.G == slay.C else _engine.backward
+    dx, dweight, dbias = members(backend, dy, x, slay, mean, invstd, weight, out)
+    return _sample_gradients(backend, x, weight, dx, dweight, dbias)
+
+
+def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
+                  use_input_stats=True, momentum=0.1, eps=1e-5, *, axis=1, out=None,
+                  device="auto"):
+    r"""Instance normalization with PyTorch's ``torch.nn.functional.instance_norm`` semantics.
+
+    Every (sample, channel) is normalized with its own mean and biased
+    variance over the axes other than 0 and ``axis``:
+
+    .. math::
+
+        y_{n,c} = \frac{x_{n,c} - \mu_{n,c}}{\sqrt{\sigma^2_{n,c} + \epsilon}}\,\gamma_c + \beta_c
+
+    With running buffers and ``use_input_stats`` they are updated in place
+    with the batch mean of the per-instance means and of the unbiased
+    per-instance variances,
+
+    .. math::
+
+        \hat\mu \leftarrow (1 - m)\,\hat\mu + \frac{m}{N}\sum_n \mu_{n}, \qquad
+        \hat\sigma^2 \leftarrow (1 - m)\,\hat\sigma^2
+            + \frac{m}{N}\sum_n \frac{M}{M-1}\sigma^2_{n};
+
+    ``use_input_stats=False`` normalizes with the running buffers instead.
+
+    Parameters
+    ----------
+    x : array_like of float16, float32 or float64, rank >= 3
+        Axis 0 is the batch axis N.
+    running_mean, running_var : ndarray of shape (C,), optional
+        Required when ``use_input_stats`` is False.
+    weight, bias : array_like of shape (C,), optional
+    use_input_stats : bool
+    momentum : float in [0, 1]
+    eps : float > 0
+    axis, out, device : keyword-only
+        As in :func:`group_norm`.
+
+    Returns
+    -------
+    y : ndarray, shape and dtype of ``x``
+
+    Shape
+    -----
+    ``x``: (N, ..., C, ...) with C on ``axis``; ``y``: the same.
+    """
+    if use_input_stats:
+        return instance_norm_forward(
+            x, weight, bias, eps=eps, axis=axis, out=out, running_mean=running_mean,
+            running_var=running_var, momentum=momentum, device=device)[0]
+    backend = select_backend(device, x, None, out)
+    x, slay = _sample_input(backend, x, axis, None, 3)
+    running_mean = _channel_input(backend, "running_mean", running_mean, slay)
+    running_var = _channel_input(backend, "running_var", running_var, slay)
+    weight = _channel_input(backend, "weight", weight, slay)
+    bias = _channel_input(backend, "bias", bias, slay)
+    eps = v.eps_value(eps)
+    out = v.out_array(out, x.shape, x.dtype)
+    if running_mean is None or running_var is None:
+        raise ValueError(
+            "running_mean and running_var are required when use_input_stats=False "
+            "(they normalize instead of the instance statistics)"
+        )
+    lay = v.layout(x.shape, slay.axis)
+    return backend.forward_infer(x, lay, running_mean, running_var, weight, bias, eps, out)
+
+
+def instance_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=1, out=None,
+                          running_mean=None, running_var=None, momentum=0.1, device="auto"):
+    r"""Instance normalization that also returns the statistics backward needs.
+
+    Returns
+    -------
+    y : ndarray, shape and dtype of ``x``
+    mean, invstd : ndarray of shape (N, C)
+        float64 for float64 input, else float32.
+    """
+    backend = select_backend(device, x, None, out)
+    x, slay = _sample_input(backend, x, axis, None, 3)
+    weight = _channel_input(backend, "weight", weight, slay)
+    bias = _channel_input(backend, "bias", bias, slay)
+    running_mean = _channel_input(backend, "running_mean", running_mean, slay)
+    running_var = _channel_input(backend, "running_var", running_var, slay)
+    eps = v.eps_value(eps)
+    out = v.out_array(out, x.shape, x.dtype)
+    momentum = _check_running(running_mean, running_var, momentum)
+    if slay.A * slay.B == 1:
+        raise ValueError(
+            f"Expected more than 1 spatial element when training, got input size "
+            f"{list(x.shape)}"
+        )
+    if x.size == 0:
+        return _empty_sample_result(backend, x, slay, out)
+    y, mean, invstd, m2 = _engine.forward_train(backend, x, slay, weight, bias, eps, out)
+    if running_mean is not None:
+        # The batch mean of per-instance unbiased variances is that of their M2 over M - 1.
+        backend.update_running(running_mean, running_var, mean.mean(axis=0), m2.mean(axis=0),
+                               slay.count, momentum)
+    return (y,) + _engine.deliver_stats(backend, x, mean, invstd)
+
+
+def instance_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None,
+                           device="auto"):
+    r"""Gradients of instance normalization: ``(dx, dweight, dbias)``.
+
+    Batch norm's gradient per (sample, channel), with M the values of one
+    instance, and the parameter gradients summed over the samples:
+
+    .. math::
+
+        dx = \gamma_c\sigma^{-1}_{n,c}\Big(dy - \frac{1}{M}\sum dy
+             - \hat x\,\frac{1}{M}\sum dy\,\hat x\Big), \qquad
+        \frac{\partial L}{\partial\gamma_c} = \sum_{n,\cdot} dy\,\hat x, \qquad
+        \frac{\partial L}{\partial\beta_c} = \sum_{n,\cdot} dy.
+
+    ``mean``/``invstd`` have shape (N, C), as returned by
+    :func:`instance_norm_forward`.
+    """
+    backend = select_backend(device, x, dy, out)
+    x, slay = _sample_input(backend, x, axis, None, 3)
+    dy, mean, invstd, weight, out = _sample_backward_inputs(
+        backend, dy, x, mean, invstd, weight, out, slay)
+    if x.size == 0:
+        dx = _empty_sample_result(backend, x, slay, out)[0]
+        return _sample_gradients(backend, x, weight, dx, np.zeros(slay.C), np.zeros(slay.C))
+    dx, dweight, dbias = _engine.backward_rows(backend, dy, x, slay, mean, invstd, weight, out)
+    return _sample_gradients(backend, x, weight, dx, dweight, dbias)

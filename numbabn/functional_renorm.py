@@ -30,7 +30,13 @@ import numpy as np
 from . import _renorm_math as rm
 from . import _validate as v
 from ._dispatch import is_device_array, select_backend
-from .functional import _backward_inputs, _channel_input, _float_input, _training_inputs
+from .functional import (
+    _backward_inputs,
+    _channel_input,
+    _empty_batch,
+    _float_input,
+    _training_inputs,
+)
 
 
 def rmax_value(rmax):
@@ -150,9 +156,20 @@ def batch_renorm_forward(x, running_mean, running_var, weight=None, bias=None, *
     rmax = rmax_value(rmax)
     dmax = dmax_value(dmax)
     _require_running(running_mean, running_var, "they define r and d")
+    if lay.count == 0:  # as batch norm (and PyTorch): an empty result, buffers as they were
+        y, mean, invstd = _empty_batch(backend, x, lay, out)
+        return y, mean, invstd, _copy(backend, invstd), _copy(backend, invstd)
     v.training_count(lay, x.shape)
     return backend.renorm_forward_train(x, lay, weight, bias, eps, out, running_mean,
                                         running_var, momentum, rmax, dmax)
+
+
+def _copy(backend, stats):
+    return stats.copy() if isinstance(stats, np.ndarray) else backend.to_backend(_host(stats))
+
+
+def _host(a):
+    return a.copy_to_host() if hasattr(a, "copy_to_host") else np.asarray(a)
 
 
 def _require_running(running_mean, running_var, why):
@@ -203,14 +220,16 @@ def batch_renorm_backward(dy, x, mean, invstd, r, d, weight=None, *, axis=1, out
     dx, sum_dy_xhat, sum_dy = backend.backward(dy, x, lay, mean, invstd, weight_r, True, out)
     sum_dy_xhat, sum_dy = _host64(sum_dy_xhat), _host64(sum_dy)
     grad_dtype = weight.dtype if weight is not None else v.stats_dtype(x.dtype)
-    dweight = rm.weight_gradient(sum_dy_xhat, sum_dy, r64, d64).astype(grad_dtype, copy=False)
+    if lay.count == 0:  # nothing flowed through r and d (NaN for an empty batch)
+        dweight = sum_dy_xhat.astype(grad_dtype, copy=False)
+    else:
+        dweight = rm.weight_gradient(sum_dy_xhat, sum_dy, r64, d64).astype(grad_dtype,
+                                                                              copy=False)
     dbias = sum_dy.astype(grad_dtype, copy=False)
     if is_device_array(dx):  # a device x: the gradients go where batch norm's go
-        dweight, dbias = backend.to_device(dweight), backend.to_device(dbias)
+        dweight, dbias = backend.to_backend(dweight), backend.to_backend(dbias)
     return dx, dweight, dbias
 
 
 def _host64(a):
-    if hasattr(a, "copy_to_host"):
-        a = a.copy_to_host()
-    return np.asarray(a, dtype=np.float64)
+    return np.asarray(_host(a), dtype=np.float64)

@@ -484,3 +484,18 @@ def test_cuda_finalize_kernel_compiles_to_ptx(monkeypatch):
     ptx, _ = _runtime.cuda.compile_ptx(renorm.renorm_stats.py_func, numba_types.void(*args),
                                        cc=(9, 0))
     assert ".entry" in ptx
+
+
+def test_empty_batch_is_batch_norms(rng):
+    """N = 0 in training: an empty result and untouched buffers, as batch norm and PyTorch."""
+    x = np.empty((0, 3, 4), np.float32)
+    rm, rv = np.full(3, 0.5, np.float32), np.full(3, 2.0, np.float32)
+    y, mean, invstd, r, d = nbn.batch_renorm_forward(x, rm, rv)
+    y_bn, mean_bn, _ = nbn.batch_norm_forward(x, running_mean=rm.copy(), running_var=rv.copy())
+    assert y.shape == x.shape and (rm == 0.5).all() and (rv == 2.0).all()
+    np.testing.assert_array_equal(mean, mean_bn)
+    assert np.isnan(r).all() and np.isnan(d).all()
+    dx, dw, db = nbn.batch_renorm_backward(x, x, mean, invstd, r, d, np.ones(3, np.float32))
+    assert dx.shape == x.shape
+    np.testing.assert_array_equal(dw, 0)
+    np.testing.assert_array_equal(db, 0)

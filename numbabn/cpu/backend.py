@@ -8,9 +8,10 @@ between.  Every function here assumes its inputs were checked by
 import numpy as np
 
 from .. import _channel_math as cm
-from .._validate import compute_dtype, stats_dtype
+from .._validate import Layout, compute_dtype, stats_dtype
 from . import backward as _backward
 from . import forward as _forward
+from . import groups as _groups
 from . import moments as _moments
 from . import normalize as _normalize
 
@@ -22,6 +23,20 @@ _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 def asarray(a):
     """Host view of an array-like (no copy for NumPy arrays)."""
     return np.asarray(a)
+
+
+def empty(shape, dtype):
+    """A new uninitialised host array."""
+    return np.empty(shape, dtype)
+
+
+def require_c_order(x, what):
+    """Host inputs of any memory order are read (copied where needed): nothing to check."""
+
+
+def to_backend(a):
+    """A host array as this backend returns results (as it is)."""
+    return a
 
 
 def _as_float64(v):
@@ -114,6 +129,15 @@ def forward_train(x, lay, weight, bias, eps, out, running_mean, running_var, mom
     return y, mean.astype(dtype, copy=False), invstd.astype(dtype, copy=False)
 
 
+def forward_train_moments(x, lay, weight, bias, eps, out):
+    """Training forward without running buffers: ``(y, mean, m2)``, statistics as float64 host arrays."""
+    x3 = _view3(x, lay)
+    y3, direct = _output3(out, lay, x3.dtype, x3)
+    mean, m2, _ = _forward.forward_train(
+        x3, _vector_or(weight, 1.0, lay.C), _vector_or(bias, 0.0, lay.C), eps, y3)
+    return _finish(y3, direct, x, out), mean, m2
+
+
 def update_running(running_mean, running_var, mean, m2, count, momentum):
     """Blend float64 batch statistics (mean and M2 of ``count`` values) into the running buffers."""
     _forward.update_running(running_mean, running_var, mean, m2, count, momentum)
@@ -146,11 +170,16 @@ def backward_reduce(dy, x, lay, mean):
 
 def backward_apply(dy, x, lay, mean, invstd, weight, sum_dy, sum_dy_xmu, count, training, out):
     """dx from the reduced sums; ``count`` is the number of values per channel."""
-    dy3 = _view3(dy, lay)
-    x3 = _view3(x, lay)
     k_dy, k_x, k_0 = cm.backward_coefficients(
         _as_float64(invstd), _as_float64(weight), sum_dy, sum_dy_xmu, count, training
     )
+    return backward_apply_coefficients(dy, x, lay, mean, k_dy, k_x, k_0, out)
+
+
+def backward_apply_coefficients(dy, x, lay, mean, k_dy, k_x, k_0, out):
+    """``dx = k_dy * dy + k_x * (x - mean) + k_0`` with per-channel float64 coefficients."""
+    dy3 = _view3(dy, lay)
+    x3 = _view3(x, lay)
     dx3, direct = _output3(out, lay, dy3.dtype, dy3, x3)
     _backward.backward_apply(dy3, x3, _as_float64(mean), k_dy, k_x, k_0, dx3)
     return _finish(dx3, direct, dy, out)
@@ -169,8 +198,51 @@ def backward(dy, x, lay, mean, invstd, weight, training, out):
     dx = _finish(dx3, direct, dy, out)
     grad_dtype = weight.dtype if weight is not None else stats_dtype(x.dtype)
     # Both are fresh float64 vectors: no copy needed when the gradients are float64.
-    dweight = (sum_dy_xmu * invstd).astype(grad_dtype, copy=False)
+    # An empty batch has no x-hat (its statistics may be NaN): its dweight is 0.
+    dweight = (sum_dy_xmu * invstd if x3.size else sum_dy_xmu).astype(grad_dtype, copy=False)
     return dx, dweight, sum_dy.astype(grad_dtype, copy=False)
+
+
+# -- group norm where the affine is per channel inside a statistics row ------------------
+
+def group_train(x, slay, weight, bias, eps, out):
+    """Group norm training forward with CPU-specific kernels: ``(y, mean, m2)`` ((N, G) float64).
+
+    NCHW-like inputs (nothing between the batch and channel axes) and
+    channels-last ones (nothing after the channel axis); None for other
+    layouts, which the engine composes from the batch-norm kernels.
+    """
+    if slay.A == 1:
+        lay = Layout(1, slay.N * slay.G, (slay.C // slay.G) * slay.B, 1)
+        kernel = _groups.train_rows
+    elif slay.B == 1:
+        lay = Layout(slay.N, slay.A, slay.C, 1)
+        kernel = _groups.train_samples
+    else:
+        return None
+    x3 = _view3(x, lay)
+    y3, direct = _output3(out, lay, x3.dtype, x3)
+    mean, m2, _ = kernel(x3, slay.C // slay.G, _vector_or(weight, 1.0, slay.C),
+                         _vector_or(bias, 0.0, slay.C), eps, y3)
+    y = _finish(y3, direct, x, out)
+    return y, mean.reshape(slay.N, slay.G), m2.reshape(slay.N, slay.G)
+
+
+def group_backward(dy, x, slay, mean, invstd, weight, out):
+    """NCHW-like group norm backward: ``(dx, dweight, dbias)`` (float64), or None for other layouts."""
+    if slay.A != 1:
+        return None
+    cpg = slay.C // slay.G
+    lay = Layout(1, slay.N * slay.G, cpg * slay.B, 1)
+    dy3, x3 = _view3(dy, lay), _view3(x, lay)
+    dx3, direct = _output3(out, lay, dy3.dtype, dy3, x3)
+    w = _vector_or(weight, 1.0, slay.C)
+    seg_s, seg_p = _groups.backward_rows(dy3, x3, cpg, mean.reshape(-1), invstd.reshape(-1), w,
+                                         dx3)
+    dx = _finish(dx3, direct, dy, out)
+    s = seg_s.reshape(slay.N, slay.C)
+    p = seg_p.reshape(slay.N, slay.G, cpg) * invstd.reshape(slay.N, slay.G, 1)
+    return dx, p.reshape(slay.N, slay.C).sum(axis=0), s.sum(axis=0)
 
 
 def renorm_forward_train(x, lay, weight, bias, eps, out, running_mean, running_var, momentum,

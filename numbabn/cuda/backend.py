@@ -49,6 +49,16 @@ def to_device(a):
     return rt.device_view(a) if rt.is_device_array(a) else rt.to_device(np.asarray(a))
 
 
+def empty(shape, dtype):
+    """A new uninitialised device array."""
+    return rt.empty(shape, dtype)
+
+
+def to_backend(a):
+    """A host array as this backend returns results: copied to the device."""
+    return rt.to_device(np.ascontiguousarray(a))
+
+
 # -- placement --------------------------------------------------------------------
 
 class _Plan(NamedTuple):
@@ -325,6 +335,16 @@ def forward_train(x, lay, weight, bias, eps, out, running_mean, running_var, mom
     return y, _deliver_vector(saved[0], plan), _deliver_vector(saved[1], plan)
 
 
+def forward_train_moments(x, lay, weight, bias, eps, out):
+    """Training forward without running buffers: ``(y, mean, m2)``, statistics as float64 host arrays.
+
+    Reduce, then normalize with the exact float64 statistics (the host needs M2 anyway).
+    """
+    count, mean, m2 = welford(x, lay)
+    invstd = cm.invstd_from_var(m2 / max(count, 1), eps)
+    return normalize(x, lay, mean, invstd, weight, bias, out), mean, m2
+
+
 def update_running(running_mean, running_var, mean, m2, count, momentum):
     """Blend host float64 batch statistics (mean and M2 of ``count`` values) into the running buffers.
 
@@ -362,17 +382,24 @@ def backward_reduce(dy, x, lay, mean):
 
 def backward_apply(dy, x, lay, mean, invstd, weight, sum_dy, sum_dy_xmu, count, training, out):
     """dx from reduced sums (host or device); the coefficients are formed on the host."""
+    k_dy, k_x, k_0 = cm.backward_coefficients(
+        _host64(invstd), _host64(weight), _host64(sum_dy), _host64(sum_dy_xmu), count, training,
+    )
+    return _apply_call(dy, x, lay, mean, np.stack([k_dy, k_x, k_0]), training, out)
+
+
+def backward_apply_coefficients(dy, x, lay, mean, k_dy, k_x, k_0, out):
+    """``dx = k_dy * dy + k_x * (x - mean) + k_0`` with per-channel host float64 coefficients."""
+    return _apply_call(dy, x, lay, mean, np.stack([k_dy, k_x, k_0]), True, out)
+
+
+def _apply_call(dy, x, lay, mean, coefficients, training, out):
     plan = _plan(lay, x, dy=dy, out=out)
     dxd = _destination(x, out, plan)
     if x.size > 0:
-        k_dy, k_x, k_0 = cm.backward_coefficients(
-            _host64(invstd), _host64(weight), _host64(sum_dy), _host64(sum_dy_xmu), count,
-            training,
-        )
         (mean,) = _vectors_on_device(mean)
-        coef = rt.to_device(np.stack([k_dy, k_x, k_0]))
-        _apply(_kernel_array(dy, plan), _kernel_array(x, plan), plan.lay, mean, coef, training,
-               dxd)
+        _apply(_kernel_array(dy, plan), _kernel_array(x, plan), plan.lay, mean,
+               rt.to_device(coefficients), training, dxd)
     return _deliver(dxd, x, out, plan)
 
 
@@ -395,6 +422,25 @@ def backward(dy, x, lay, mean, invstd, weight, training, out):
         _apply(dyd, xd, plan.lay, mean, coef, training, dxd)
     dx = _deliver(dxd, x, out, plan)
     return dx, _deliver_vector(grads[0], plan), _deliver_vector(grads[1], plan)
+
+
+def group_train(x, slay, weight, bias, eps, out):
+    """No CUDA-specific group norm kernel: None, so the engine composes the batch-norm ones."""
+    return None
+
+
+def group_backward(dy, x, slay, mean, invstd, weight, out):
+    """No CUDA-specific group norm kernel: None, so the engine composes the batch-norm ones."""
+    return None
+
+
+def require_c_order(x, what):
+    """Raise ``ValueError`` unless device array ``x`` is C-contiguous (views cut it by samples)."""
+    if rt.is_device_array(x) and not rt.is_c_contiguous(rt.device_view(x)):
+        raise ValueError(
+            f"{what} reads device arrays in C order; for a channels-last tensor pass its "
+            "channels-last view (N, ..., C) with axis=-1, or make a contiguous copy"
+        )
 
 
 def renorm_forward_train(x, lay, weight, bias, eps, out, running_mean, running_var, momentum,
