@@ -108,9 +108,10 @@ def plot(results, path, title):
     for norm in NORMS:
         ax.plot(BATCH_SIZES, [100 * results[norm, b] for b in BATCH_SIZES], marker="o",
                 label=norm)
-    ax.set(xscale="log", xlabel="batch size", ylabel="test accuracy, inference mode (%)",
-           title=title)
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="batch size", ylabel="test accuracy, inference mode (%)", title=title)
     ax.set_xticks(BATCH_SIZES, [str(b) for b in BATCH_SIZES])
+    ax.minorticks_off()
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
