@@ -8,6 +8,8 @@ r and d held constant (the paper's stop-gradient).
 import numba
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import numbabn as nbn
 from conftest import tolerance
@@ -499,3 +501,41 @@ def test_empty_batch_is_batch_norms(rng):
     assert dx.shape == x.shape
     np.testing.assert_array_equal(dw, 0)
     np.testing.assert_array_equal(db, 0)
+
+
+@settings(max_examples=40)
+@given(
+    shape=st.lists(st.integers(1, 7), min_size=2, max_size=4).map(tuple),
+    axis_pick=st.integers(0, 3),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    buffers=st.sampled_from([np.float16, np.float32, np.float64]),
+    offset=st.sampled_from([0.0, 1e4]),
+    rmax=st.sampled_from([1.0, 1.5, 3.0, np.inf]),
+    dmax=st.sampled_from([0.0, 0.5, 5.0, np.inf]),
+    seed=st.integers(0, 2**16),
+)
+def test_property_matches_algorithm1(shape, axis_pick, dtype, buffers, offset, rmax, dmax, seed):
+    axis = 1 + axis_pick % (len(shape) - 1) if axis_pick < 3 else -1
+    if np.prod(shape) // shape[axis] < 2:
+        shape = (shape[0] + 2,) + shape[1:]
+    rng = np.random.default_rng(seed)
+    c = shape[axis]
+    x = (offset + rng.standard_normal(shape)).astype(dtype)
+    w = rng.uniform(0.5, 1.5, c).astype(dtype)
+    b = rng.standard_normal(c).astype(dtype)
+    rm = (offset + rng.standard_normal(c)).astype(buffers)
+    rv = rng.uniform(0.3, 3.0, c).astype(buffers)
+    y_ref, _, sigma, r_ref, d_ref, rm_ref, rv_ref = algorithm1(
+        x, rm, rv, w, b, 1e-5, rmax, dmax, 0.1, axis)
+    y, _, invstd, r, d = nbn.batch_renorm_forward(x, rm, rv, w, b, rmax=rmax, dmax=dmax,
+                                                  axis=axis)
+    tol = tolerance(dtype)
+    close = dict(rtol=tol, atol=tol)  # the reference sees the same rounded x and buffers
+    np.testing.assert_allclose(invstd, 1 / sigma, **close)
+    np.testing.assert_allclose(r, r_ref, **close)
+    np.testing.assert_allclose(d, d_ref, **close)
+    np.testing.assert_allclose(y, y_ref, rtol=close["rtol"],
+                               atol=close["atol"] * max(1.0, np.abs(y_ref).max()))
+    buffer_tol = 2e-3 if buffers == np.float16 else 1e-5
+    np.testing.assert_allclose(rm, rm_ref, rtol=buffer_tol)
+    np.testing.assert_allclose(rv, rv_ref, rtol=buffer_tol)
