@@ -43,6 +43,7 @@ with M = A·(C/G)·B values per group;
 Per-row vectors are formed on the host in float64 (N·C values); the backend
 copies them in.  Nothing here knows a loop order or a device.
 """
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -61,13 +62,14 @@ class Problem(NamedTuple):
     apply: Layout  # rows = (sample, channel) pairs
 
 
+@functools.lru_cache(maxsize=256)
 def problems(slay):
     """The backend calls that cover an input of :class:`~numbabn._validate.SampleLayout` ``slay``."""
     N, A, C, B, G = slay.N, slay.A, slay.C, slay.B, slay.G
     per = (C // G) * B
     if A == 1:
-        return [Problem(0, N, Layout(1, N * G, per, 1), Layout(1, N * C, B, 1))]
-    return [Problem(n, n + 1, Layout(A, G, per, 1), Layout(A, C, B, 1)) for n in range(N)]
+        return (Problem(0, N, Layout(1, N * G, per, 1), Layout(1, N * C, B, 1)),)
+    return tuple(Problem(n, n + 1, Layout(A, G, per, 1), Layout(A, C, B, 1)) for n in range(N))
 
 
 def _part(a, problem, whole):
@@ -88,12 +90,21 @@ def host64(v):
 
 def _per_channel(v, slay, n0, n1):
     """Per-channel vector ``v`` (C,) repeated for samples ``n0:n1``: (n1 - n0) * C values."""
-    return None if v is None else np.tile(v, n1 - n0)
+    if v is None or n1 - n0 == 1:
+        return v
+    rows = np.empty((n1 - n0, v.size))
+    rows[...] = v  # cheaper than np.tile for the few hundred values of a typical call
+    return rows.reshape(-1)
 
 
 def _per_group_channel(v, slay):
     """Per-(sample, group) values (n, G) spread over the group's channels: (n * C,)."""
-    return np.repeat(v, slay.C // slay.G, axis=-1).reshape(-1)
+    per = slay.C // slay.G
+    if per == 1:
+        return v.reshape(-1)
+    spread = np.empty(v.shape + (per,))
+    spread[...] = v[..., None]
+    return spread.reshape(-1)
 
 
 class _Output:
@@ -211,7 +222,7 @@ def backward(backend, dy, x, slay, mean, invstd, weight, out):
         s_g = ws.reshape(n, G, C // G).sum(axis=2)
         q_g = wq.reshape(n, G, C // G).sum(axis=2)
         r = invstd[rows]
-        k_dy = invstd_c if w is None else invstd_c * np.tile(w, n)
+        k_dy = invstd_c if w is None else invstd_c * _per_channel(w, slay, 0, n)
         k_x = _per_group_channel(-r * r * r * (q_g / count), slay)
         k_0 = _per_group_channel(-r * (s_g / count), slay)
         dxp = backend.backward_apply_coefficients(dyp, xp, p.apply, mean_c, k_dy, k_x, k_0,
@@ -235,7 +246,7 @@ def backward_rows(backend, dy, x, slay, mean, invstd, weight, out):
         rows = slice(p.n0, p.n1)
         n = p.n1 - p.n0
         # float64 weights give float64 per-row gradients, summed over the samples here.
-        wr = np.ones(n * slay.C) if w is None else np.tile(w, n)
+        wr = np.ones(n * slay.C) if w is None else _per_channel(w, slay, 0, n)
         dxp, gw, gb = backend.backward(_part(dy, p, whole), _part(x, p, whole), p.stats,
                                        mean[rows].reshape(-1), invstd[rows].reshape(-1), wr,
                                        True, result.part(p))

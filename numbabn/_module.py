@@ -47,6 +47,13 @@ class Module:
         setattr(self, name, value)
         setattr(self, "grad_" + name, None)
 
+    def register_affine(self, shape, affine, bias):
+        """``weight`` (ones) and ``bias`` (zeros) of ``shape`` when ``affine``, the bias only
+        when ``bias`` too (PyTorch's ``bias=False``); absent ones are None."""
+        self.register_parameter("weight", np.ones(shape, self.dtype) if affine else None)
+        self.register_parameter(
+            "bias", np.zeros(shape, self.dtype) if affine and bias else None)
+
     def register_buffer(self, name, value):
         """Add a buffer: a floating array, an integer counter (a Python int), or None."""
         self._buffer_names.append(name)

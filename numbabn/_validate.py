@@ -187,11 +187,28 @@ class SampleLayout(NamedTuple):
         return self.A * (self.C // self.G) * self.B
 
 
+#: Per-sample layouts already checked, by (shape, axis, groups, min_rank) of plain ints.
+_sample_layouts = {}
+
+
 def sample_layout(shape, axis, groups, min_rank):
     """Check ``axis`` (not the batch axis 0) and ``groups`` against ``shape``.
 
     ``groups`` None means one group per channel (instance norm).
     """
+    key = (shape, axis, groups, min_rank)
+    cacheable = type(shape) is tuple and type(axis) is int and type(groups) in (int, type(None))
+    if cacheable:
+        slay = _sample_layouts.get(key)
+        if slay is not None:
+            return slay
+    slay = _check_sample_layout(shape, axis, groups, min_rank)
+    if cacheable and len(_sample_layouts) < 1024:
+        _sample_layouts[key] = slay
+    return slay
+
+
+def _check_sample_layout(shape, axis, groups, min_rank):
     ndim = len(shape)
     if ndim < min_rank:
         raise ValueError(

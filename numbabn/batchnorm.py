@@ -56,9 +56,7 @@ class _NormBase(Module):
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
         c = self.num_features
-        self.register_parameter("weight", np.ones(c, self.dtype) if self.affine else None)
-        self.register_parameter(
-            "bias", np.zeros(c, self.dtype) if self.affine and bias else None)
+        self.register_affine(c, self.affine, bias)
         tracked = self.track_running_stats
         self.register_buffer("running_mean", np.zeros(c, self.dtype) if tracked else None)
         self.register_buffer("running_var", np.ones(c, self.dtype) if tracked else None)

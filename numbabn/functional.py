@@ -259,6 +259,16 @@ def _sample_input(backend, x, axis, groups, min_rank):
     return x, slay
 
 
+def _sample_forward_inputs(backend, x, axis, groups, min_rank, weight, bias, running_mean,
+                           running_var, eps, out):
+    """Check a per-sample member's forward arguments; running buffers may be None."""
+    x, slay = _sample_input(backend, x, axis, groups, min_rank)
+    vectors = [_channel_input(backend, name, vec, slay) for name, vec in (
+        ("weight", weight), ("bias", bias), ("running_mean", running_mean),
+        ("running_var", running_var))]
+    return (x, slay, *vectors, v.eps_value(eps), v.out_array(out, x.shape, x.dtype))
+
+
 def _sample_stats(backend, name, a, slay):
     """Check saved (N, G) statistics; return them as a host float64 array."""
     if a is None:
@@ -358,11 +368,8 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=
         float64 for float64 input, else float32.
     """
     backend = select_backend(device, x, None, out)
-    x, slay = _sample_input(backend, x, axis, num_groups, 2)
-    weight = _channel_input(backend, "weight", weight, slay)
-    bias = _channel_input(backend, "bias", bias, slay)
-    eps = v.eps_value(eps)
-    out = v.out_array(out, x.shape, x.dtype)
+    x, slay, weight, bias, _, _, eps, out = _sample_forward_inputs(
+        backend, x, axis, num_groups, 2, weight, bias, None, None, eps, out)
     # PyTorch's check (_verify_batch_size on the grouped shape): one value in all.
     if slay.N * slay.count == 1:
         raise ValueError(
@@ -465,13 +472,8 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
             x, weight, bias, eps=eps, axis=axis, out=out, running_mean=running_mean,
             running_var=running_var, momentum=momentum, device=device)[0]
     backend = select_backend(device, x, None, out)
-    x, slay = _sample_input(backend, x, axis, None, 3)
-    running_mean = _channel_input(backend, "running_mean", running_mean, slay)
-    running_var = _channel_input(backend, "running_var", running_var, slay)
-    weight = _channel_input(backend, "weight", weight, slay)
-    bias = _channel_input(backend, "bias", bias, slay)
-    eps = v.eps_value(eps)
-    out = v.out_array(out, x.shape, x.dtype)
+    x, slay, weight, bias, running_mean, running_var, eps, out = _sample_forward_inputs(
+        backend, x, axis, None, 3, weight, bias, running_mean, running_var, eps, out)
     if running_mean is None or running_var is None:
         raise ValueError(
             "running_mean and running_var are required when use_input_stats=False "
@@ -492,13 +494,8 @@ def instance_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=1, out=No
         float64 for float64 input, else float32.
     """
     backend = select_backend(device, x, None, out)
-    x, slay = _sample_input(backend, x, axis, None, 3)
-    weight = _channel_input(backend, "weight", weight, slay)
-    bias = _channel_input(backend, "bias", bias, slay)
-    running_mean = _channel_input(backend, "running_mean", running_mean, slay)
-    running_var = _channel_input(backend, "running_var", running_var, slay)
-    eps = v.eps_value(eps)
-    out = v.out_array(out, x.shape, x.dtype)
+    x, slay, weight, bias, running_mean, running_var, eps, out = _sample_forward_inputs(
+        backend, x, axis, None, 3, weight, bias, running_mean, running_var, eps, out)
     momentum = _check_running(running_mean, running_var, momentum)
     if slay.A * slay.B == 1:
         raise ValueError(

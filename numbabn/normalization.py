@@ -59,9 +59,7 @@ class GroupNorm(Module):
         self.affine = bool(affine)
         self.axis = check_axis(axis)
         c = self.num_channels
-        self.register_parameter("weight", np.ones(c, self.dtype) if self.affine else None)
-        self.register_parameter(
-            "bias", np.zeros(c, self.dtype) if self.affine and bias else None)
+        self.register_affine(c, self.affine, bias)
 
     def reset_parameters(self):
         """weight = 1, bias = 0."""
