@@ -101,6 +101,12 @@ class BatchRenorm(_NormBase):
     _check_input_dim = BatchNorm._check_input_dim
     _check_input = BatchNorm._check_input
 
+    def to(self, device):
+        """Move parameters and buffers (see :meth:`numbabn._module.Module.to`); drops ``r``, ``d``."""
+        if device != self.device:
+            self.r = self.d = None
+        return super().to(device)
+
     def forward(self, x):
         """Normalize ``x``; in training mode also update the running estimates.
 

@@ -199,8 +199,9 @@ def test_in_place_and_out(rng):
         nbn.batch_renorm(strided, rm.copy(), rv.copy(), w, b, True, rmax=1.2, dmax=0.3), expected)
 
 
-def test_results_do_not_depend_on_the_thread_count(rng):
-    x, w, b, rm, rv = problem(rng, (4, 8, 1200), 1, np.float32)
+@pytest.mark.parametrize("shape", [(4, 8, 1200), (3000, 24), (64, 24, 40)])
+def test_results_do_not_depend_on_the_thread_count(rng, shape):
+    x, w, b, rm, rv = problem(rng, shape, 1, np.float32)
     before = numba.get_num_threads()
     results = []
     try:

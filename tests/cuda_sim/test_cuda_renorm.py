@@ -122,3 +122,9 @@ def test_layer_on_device_matches_cpu(rng):
     x = rng.standard_normal((9, 5))
     np.testing.assert_allclose(host(gpu(to_device(x))), cpu(x), rtol=1e-10, atol=1e-12)
     assert isinstance(gpu.state_dict()["running_mean"], np.ndarray)
+    gpu.train(), cpu.train()
+    gpu(to_device(x)), cpu(x)
+    assert gpu.r is not None
+    gpu.to("cpu")
+    assert gpu.r is None and gpu.d is None and isinstance(gpu.running_mean, np.ndarray)
+    np.testing.assert_allclose(gpu(x), cpu(x), rtol=1e-10, atol=1e-12)
