@@ -139,6 +139,11 @@ def batch_renorm_forward(x, running_mean, running_var, weight=None, bias=None, *
     with r and d formed from the running buffers as they are before this
     call, which then updates them (momentum, unbiased batch variance).
 
+    Parameters
+    ----------
+    x, running_mean, running_var, weight, bias, momentum, eps, rmax, dmax, axis, out, device
+        As for :func:`batch_renorm` in training mode.
+
     Returns
     -------
     y : ndarray, shape and dtype of ``x``
@@ -147,6 +152,10 @@ def batch_renorm_forward(x, running_mean, running_var, weight=None, bias=None, *
         float64 input, else float32), as :func:`numbabn.batch_norm_forward`.
     r, d : ndarray of shape (C,)
         The correction factors used, in the same dtype.
+
+    Shape
+    -----
+    ``x``: (A..., C, B...) with C on ``axis``; ``y``: the same.
     """
     backend = select_backend(device, x, None, out)
     x = _float_input(backend, "x", x)

@@ -264,4 +264,4 @@ def renorm_forward_train(x, lay, weight, bias, eps, out, running_mean, running_v
     mean, m2 = stats[0], stats[1]
     update_running(running_mean, running_var, mean, m2, lay.count, momentum)
     dtype = stats_dtype(x.dtype)
-    return (y, *(stats[i].astype(dtype) for i in (0, 2, 3, 4)))
+    return (y, *(stats[i].astype(dtype, copy=False) for i in (0, 2, 3, 4)))
