@@ -8,7 +8,7 @@ r and d held constant (the paper's stop-gradient).
 import numba
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import numbabn as nbn
@@ -504,7 +504,6 @@ def test_empty_batch_is_batch_norms(rng):
     np.testing.assert_array_equal(db, 0)
 
 
-@settings(max_examples=40)
 @given(
     shape=st.lists(st.integers(1, 7), min_size=2, max_size=4).map(tuple),
     axis_pick=st.integers(0, 3),
@@ -526,8 +525,12 @@ def test_property_matches_algorithm1(shape, axis_pick, dtype, buffers, offset, r
     b = rng.standard_normal(c).astype(dtype)
     rm = (offset + rng.standard_normal(c)).astype(buffers)
     rv = rng.uniform(0.3, 3.0, c).astype(buffers)
-    y_ref, _, sigma, r_ref, d_ref, rm_ref, rv_ref = algorithm1(
+    y_ref, mu, sigma, r_ref, d_ref, rm_ref, rv_ref = algorithm1(
         x, rm, rv, w, b, 1e-5, rmax, dmax, 0.1, axis)
+    # float16 buffers are blended in float16 (batch norm's rule: the product (1 - m)·running is
+    # rounded to float16 first), so the error scales with the terms, not with the result.
+    terms_mean = np.abs(rm.astype(np.float64)) + np.abs(mu)
+    terms_var = np.abs(rv.astype(np.float64)) + np.abs(rv_ref)
     y, _, invstd, r, d = nbn.batch_renorm_forward(x, rm, rv, w, b, rmax=rmax, dmax=dmax,
                                                   axis=axis)
     tol = tolerance(dtype)
@@ -537,6 +540,6 @@ def test_property_matches_algorithm1(shape, axis_pick, dtype, buffers, offset, r
     np.testing.assert_allclose(d, d_ref, **close)
     np.testing.assert_allclose(y, y_ref, rtol=close["rtol"],
                                atol=close["atol"] * max(1.0, np.abs(y_ref).max()))
-    buffer_tol = 2e-3 if buffers == np.float16 else 1e-5
-    np.testing.assert_allclose(rm, rm_ref, rtol=buffer_tol)
-    np.testing.assert_allclose(rv, rv_ref, rtol=buffer_tol)
+    buffer_tol = 2e-3 if buffers == np.float16 else 1e-6
+    np.testing.assert_array_less(np.abs(rm - rm_ref), buffer_tol * terms_mean + 1e-300)
+    np.testing.assert_array_less(np.abs(rv - rv_ref), buffer_tol * terms_var + 1e-300)
