@@ -16,5 +16,6 @@ def effective_weight(r, weight):
 
 
 def weight_gradient(sum_dy_xhat, sum_dy, r, d):
-    r""":math:`\partial L/\partial\gamma = \sum dy\,(\hat x_B r + d) = r\sum dy\,\hat x_B + d\sum dy`."""
+    r""":math:`\partial L/\partial\gamma = \sum dy\,(\hat x_B r + d)
+    = r\sum dy\,\hat x_B + d\sum dy`."""
     return r * sum_dy_xhat + d * sum_dy

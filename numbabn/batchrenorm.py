@@ -1,4 +1,4 @@
-r"""Batch renormalization layers (Ioffe, 2017): batch norm that trains towards its running statistics.
+r"""Batch renormalization layers (Ioffe, 2017): batch norm trained towards its running statistics.
 
 The layers hold the parameters and running buffers of batch norm (the same
 :class:`numbabn.batchnorm._NormBase`, the same state dict) and call
@@ -102,7 +102,7 @@ class BatchRenorm(_NormBase):
     _check_input = BatchNorm._check_input
 
     def to(self, device):
-        """Move parameters and buffers (see :meth:`numbabn._module.Module.to`); drops ``r``, ``d``."""
+        """Move parameters and buffers (:meth:`numbabn._module.Module.to`); drops ``r``, ``d``."""
         if device != self.device:
             self.r = self.d = None
         return super().to(device)

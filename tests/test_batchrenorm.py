@@ -124,7 +124,7 @@ def test_several_steps_with_the_running_buffers(rng):
 
 
 def test_unclipped_training_output_is_the_inference_transform(rng):
-    """With no clipping, y = γ (x − μ̂)/σ̂ + β: what inference computes with the old buffers."""
+    """With no clipping, y = γ (x − μ̂)/σ̂ + β: inference with the old buffers."""
     x, w, b, rm, rv = problem(rng, (20, 4, 3), 1, np.float64)
     y_infer = nbn.batch_norm(x, rm, rv, w, b, training=False)
     y = nbn.batch_renorm(x, rm.copy(), rv.copy(), w, b, training=True, rmax=np.inf, dmax=np.inf)
