@@ -3,6 +3,7 @@
 Importing the package compiles nothing; kernels compile on first use and are
 cached on disk.
 """
+from ._accumulate import ChannelMoments
 from ._dispatch import CudaUnavailableError, cuda_available
 from ._state_io import load, save
 from .distributed import (
@@ -21,6 +22,7 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "ChannelMoments",
     "CudaUnavailableError",
     "RankInputError",
     "SyncBatchNorm",

@@ -11,23 +11,54 @@ from . import _validate as v
 from ._dispatch import select_backend
 
 
-def _float_input(backend, name, a):
+def _float_input(backend, name, a, convert=True):
+    """``a`` as an array of a supported float dtype, converted to native byte order if needed.
+
+    A big-endian host array (``>f4``, as FITS files hold) becomes a native copy,
+    as the kernels would make one anyway; results are then native too.
+    """
     if type(a) is np.ndarray:  # the common case: nothing to convert
-        v.float_dtype(name, a.dtype)
-        return a
+        dtype = v.float_dtype(name, a.dtype)
+        return a if dtype is a.dtype or not convert else _native_copy(name, a, dtype)
     try:
         a = backend.asarray(a)
     except (TypeError, ValueError) as err:
         raise TypeError(f"{name} must be an array of floats, got {type(a).__name__}") from err
-    v.float_dtype(name, a.dtype)
-    return a
+    dtype = v.float_dtype(name, a.dtype)
+    return a if dtype == a.dtype or not convert else _native_copy(name, a, dtype)
 
 
-def _channel_input(backend, name, vec, lay):
-    """Convert and check an optional per-channel vector."""
+def _native_copy(name, a, dtype):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} is a device array in non-native byte order ({a.dtype}); "
+                        "convert it to native byte order first")
+    return a.astype(dtype)
+
+
+def _native_buffer(buffer):
+    """A running buffer the kernels can update: itself, or a native copy for ``>f4`` ones.
+
+    A copy is written back by :func:`_write_back` once the call has succeeded.
+    """
+    if buffer is None or not isinstance(buffer, np.ndarray) or buffer.dtype.isnative:
+        return buffer
+    return buffer.astype(v.native(buffer.dtype))
+
+
+def _write_back(buffer, updated):
+    if updated is not buffer:
+        buffer[...] = updated
+
+
+def _channel_input(backend, name, vec, lay, convert=True):
+    """Convert and check an optional per-channel vector.
+
+    Running buffers are updated in place, so they keep their byte order
+    (``convert=False``); :func:`_update_running` works on native copies.
+    """
     if vec is None:
         return None
-    return v.channel_vector(name, _float_input(backend, name, vec), lay.C)
+    return v.channel_vector(name, _float_input(backend, name, vec, convert), lay.C)
 
 
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
@@ -85,8 +116,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
     backend = select_backend(device, x, None, out)
     x = _float_input(backend, "x", x)
     lay = v.layout(x.shape, axis)
-    running_mean = _channel_input(backend, "running_mean", running_mean, lay)
-    running_var = _channel_input(backend, "running_var", running_var, lay)
+    running_mean = _channel_input(backend, "running_mean", running_mean, lay, convert=False)
+    running_var = _channel_input(backend, "running_var", running_var, lay, convert=False)
     weight = _channel_input(backend, "weight", weight, lay)
     bias = _channel_input(backend, "bias", bias, lay)
     eps = v.eps_value(eps)
@@ -94,9 +125,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
     if training:
         v.training_count(lay, x.shape)
         momentum = _check_running(running_mean, running_var, momentum)
-        y, _, _ = backend.forward_train(
-            x, lay, weight, bias, eps, out, running_mean, running_var, momentum
-        )
+        y, _, _ = _forward_train(
+            backend, x, lay, weight, bias, eps, out, running_mean, running_var, momentum)
         return y
     if running_mean is None or running_var is None:
         raise ValueError(
@@ -132,8 +162,25 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=1, out=None,
     weight, bias, running_mean, running_var, eps, out, momentum = _training_inputs(
         backend, lay, x, weight, bias, running_mean, running_var, eps, out, momentum)
     v.training_count(lay, x.shape)
-    return backend.forward_train(x, lay, weight, bias, eps, out, running_mean, running_var,
-                                 momentum)
+    return _forward_train(backend, x, lay, weight, bias, eps, out, running_mean, running_var,
+                          momentum)
+
+
+def _forward_train(backend, x, lay, weight, bias, eps, out, running_mean, running_var, momentum):
+    """``backend.forward_train``, with big-endian running buffers updated through native copies."""
+    rm, rv = _native_buffer(running_mean), _native_buffer(running_var)
+    result = backend.forward_train(x, lay, weight, bias, eps, out, rm, rv, momentum)
+    _write_back(running_mean, rm)
+    _write_back(running_var, rv)
+    return result
+
+
+def _update_running(backend, running_mean, running_var, mean, m2, count, momentum):
+    """``backend.update_running`` for buffers of either byte order (here and in the MPI layer)."""
+    rm, rv = _native_buffer(running_mean), _native_buffer(running_var)
+    backend.update_running(rm, rv, mean, m2, count, momentum)
+    _write_back(running_mean, rm)
+    _write_back(running_var, rv)
 
 
 def _training_inputs(backend, lay, x, weight, bias, running_mean, running_var, eps, out,
@@ -141,8 +188,8 @@ def _training_inputs(backend, lay, x, weight, bias, running_mean, running_var, e
     """Check a training forward's arguments other than ``x`` (here and in the MPI layer)."""
     weight = _channel_input(backend, "weight", weight, lay)
     bias = _channel_input(backend, "bias", bias, lay)
-    running_mean = _channel_input(backend, "running_mean", running_mean, lay)
-    running_var = _channel_input(backend, "running_var", running_var, lay)
+    running_mean = _channel_input(backend, "running_mean", running_mean, lay, convert=False)
+    running_var = _channel_input(backend, "running_var", running_var, lay, convert=False)
     eps = v.eps_value(eps)
     out = v.out_array(out, x.shape, x.dtype)
     momentum = _check_running(running_mean, running_var, momentum)
