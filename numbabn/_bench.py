@@ -350,10 +350,17 @@ def build_parser(parser=None):
     parser.add_argument("--ops", default=",".join(OPS),
                         help=f"comma-separated operations out of {','.join(OPS)}")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    from . import _bench_dask
+
+    _bench_dask.add_arguments(parser)  # --dask and its options
     return parser
 
 
 def main(args):
+    if getattr(args, "dask", False):
+        from . import _bench_dask
+
+        return _bench_dask.main(args)
     try:
         cases = (parse_shapes(args.shapes) if args.shapes
                  else default_cases(QUICK_SHAPES if args.quick else DEFAULT_SHAPES))
