@@ -123,7 +123,9 @@ def _release_pages(a):
 
 def _checked_batch(x, axis):
     """``x`` as a host or device float array and its layout (raises before anything changes)."""
-    if not is_device_array(x) and not isinstance(x, np.ndarray):
+    if is_device_array(x):
+        x = select_backend("auto", x).asarray(x)  # a Numba view of CuPy/PyTorch arrays
+    elif not isinstance(x, np.ndarray):
         try:
             x = np.asarray(x)
         except (TypeError, ValueError) as err:

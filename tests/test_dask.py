@@ -186,3 +186,20 @@ def test_local_cluster_with_worker_processes(rng):
     np.testing.assert_allclose(var, nbn.channel_moments(x)[1], rtol=RTOL)
     np.testing.assert_allclose(y, ref.forward_train(x, np.full(4, 2.0), eps=1e-5)[0],
                                rtol=1e-9, atol=1e-9)
+
+
+def test_bench_dask_rows(tmp_path):
+    """``bench --dask`` machinery on tiny sizes: its rows, errors and memory columns (not timings)."""
+    from numbabn import _bench_dask
+
+    rows, info = _bench_dask.in_memory(2**-6, 1, lambda text: None)
+    by_name = {r["contender"]: r for r in rows}
+    assert set(by_name) == {"numbabn.dask", "dask mean+var", "numbabn one-shot"}
+    assert by_name["numbabn.dask"]["var_rel_error"] < 1e-7  # float32 rounding of exact values
+    rows, file_info = _bench_dask.from_file(2**-4, 1, str(tmp_path), lambda text: None)
+    assert {r["contender"] for r in rows} == set(_bench_dask.FILE_CONTENDERS)
+    assert all(r["peak_rss_bytes"] > 0 and r["seconds"] > 0 for r in rows)
+    assert file_info["accumulator_vs_dask_var_rel_diff"] < 1e-6
+    assert list(tmp_path.iterdir()) == []  # the file is deleted
+    table = _bench_dask.format_table({"results": rows, "file": file_info})
+    assert "ChannelMoments loop" in table and "peak RSS" in table
