@@ -17,9 +17,12 @@ statistics of the concatenated data up to float64 rounding.
 A host batch is read in slabs of about :data:`SLAB_BYTES` along its first
 non-channel axis, so a batch that is a whole memory-mapped file is never
 copied at once: a slab in non-native byte order (``>f4``) or non-contiguous
-is converted on its own, and the pages of a slab of a shared file mapping
-(``np.memmap`` in mode ``"r"``, ``"r+"`` or ``"w+"``) are released after it
-is read (see :func:`_release_pages`), so resident memory stays near one slab.
+is converted on its own.  A slab of a memory-mapped file is announced to the
+OS before it is reduced (``madvise(MADV_WILLNEED)``: one sequential read-ahead,
+where the kernels' threads would otherwise fault pages in out of order), and
+the pages of a slab of a shared file mapping (``np.memmap`` in mode ``"r"``,
+``"r+"`` or ``"w+"``) are released after it is read (see
+:func:`_release_pages`), so resident memory stays near one slab.
 """
 import ctypes
 import mmap
@@ -57,9 +60,12 @@ def batch_moments(x, lay, release_pages=True):
 
 
 def _slab_moments(backend, slab, axis, release_pages):
+    mapping = _file_mapping(slab)
+    if mapping is not None:
+        _advise(slab, mmap.MADV_WILLNEED)  # one sequential read-ahead of the whole slab
     summary = backend.welford(slab, v.layout(slab.shape, axis))  # converts >f4 slab by slab
-    if release_pages:
-        _release_pages(slab)
+    if release_pages and mapping is not None:
+        _release_pages(slab, mapping)
     return summary
 
 
@@ -82,13 +88,19 @@ def _slabs(x, lay):
         yield x[tuple(index)]
 
 
-def _shared_file_mapping(a):
-    """True when ``a``'s memory is an ``np.memmap`` mapped shared (its pages can be dropped)."""
+def _file_mapping(a):
+    """The ``np.memmap`` whose mapping holds ``a``'s memory, or None."""
     while a is not None:
         if isinstance(a, np.memmap):
-            return getattr(a, "mode", None) in _SHARED_MODES and getattr(a, "_mmap", None) is not None
+            return a if getattr(a, "_mmap", None) is not None else None
         a = getattr(a, "base", None)
-    return False
+    return None
+
+
+def _shared_file_mapping(a):
+    """True when ``a``'s memory is an ``np.memmap`` mapped shared (its pages can be dropped)."""
+    mapping = _file_mapping(a)
+    return mapping is not None and getattr(mapping, "mode", None) in _SHARED_MODES
 
 
 _madvise = None
@@ -100,25 +112,40 @@ if sys.platform.startswith("linux") and hasattr(mmap, "MADV_DONTNEED"):
         _madvise = None
 
 
-def _release_pages(a):
+def _release_pages(a, mapping=None):
     """Drop the pages of a contiguous slab of a shared file mapping from this process.
 
     ``madvise(MADV_DONTNEED)`` on a shared file mapping only unmaps the pages:
     the data stays in the file and the OS page cache (dirty pages included),
     and a later access maps it again.  Without this, every page of a
     memory-mapped file that was read stays counted in the process's resident
-    memory until the mapping is closed.  Linux only; elsewhere a no-op.
+    memory until the mapping is closed.  Never on a copy-on-write mapping
+    (mode "c"), whose private changes live only in those pages.  Linux only;
+    elsewhere a no-op.
+    """
+    mapping = _file_mapping(a) if mapping is None else mapping
+    if mapping is None or getattr(mapping, "mode", None) not in _SHARED_MODES:
+        return
+    _advise(a, mmap.MADV_DONTNEED, whole_pages_only=True)
+
+
+def _advise(a, advice, whole_pages_only=False):
+    """``madvise`` over the memory of the C-contiguous array ``a`` (no-op where unavailable).
+
+    ``whole_pages_only`` keeps to the pages that lie entirely inside ``a``
+    (for advice that changes what a page holds); otherwise every page it
+    touches is covered (read-ahead).
     """
     if _madvise is None or a.size == 0 or not a.flags.c_contiguous:
         return
-    if not _shared_file_mapping(a):
-        return
     page = mmap.PAGESIZE
-    start = a.ctypes.data
-    lo = -(-start // page) * page  # whole pages inside the slab only
-    hi = (start + a.nbytes) // page * page
+    start, stop = a.ctypes.data, a.ctypes.data + a.nbytes
+    if whole_pages_only:
+        lo, hi = -(-start // page) * page, stop // page * page
+    else:
+        lo, hi = start // page * page, -(-stop // page) * page
     if hi > lo:
-        _madvise(lo, hi - lo, mmap.MADV_DONTNEED)
+        _madvise(lo, hi - lo, advice)
 
 
 def _checked_batch(x, axis):

@@ -18,6 +18,9 @@ Two measurements, side by side in one run:
    anew and the page cache is the only warm thing), which reports its wall time
    and its peak resident memory (``ru_maxrss``): the bar is under 1 GiB.
    Throughput is file bytes per second; the bar is 70% of ``np.sum``'s.
+   By default the file sits in the OS page cache after it is written (a
+   warm read: ``np.sum`` then runs at memory speed); ``--cold`` evicts it
+   before every pass (``posix_fadvise(DONTNEED)``), so each pass reads the disk.
 
 Each contender runs ``--repeat`` times, interleaved, and the best time is kept.
 """

@@ -265,8 +265,8 @@ def test_memmap_batches_and_released_pages_keep_the_data(rng, tmp_path, monkeypa
     monkeypatch.setattr(_accumulate, "SLAB_BYTES", 8 * 3 * 512 * 4)
     released = []
     real = _accumulate._release_pages
-    monkeypatch.setattr(_accumulate, "_release_pages", lambda a: released.append(
-        _accumulate._shared_file_mapping(a)) or real(a))
+    monkeypatch.setattr(_accumulate, "_release_pages", lambda a, *rest: released.append(
+        _accumulate._shared_file_mapping(a)) or real(a, *rest))
     mm = np.memmap(path, dtype=np.float32, mode="r", shape=x.shape)
     acc = nbn.ChannelMoments().update(mm)
     assert released == [True] * 8
