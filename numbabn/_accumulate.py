@@ -17,9 +17,10 @@ statistics of the concatenated data up to float64 rounding.
 A host batch is read in slabs of about :data:`SLAB_BYTES` along its first
 non-channel axis, so a batch that is a whole memory-mapped file is never
 copied at once: a slab in non-native byte order (``>f4``) or non-contiguous
-is converted on its own.  A slab of a memory-mapped file is announced to the
-OS before it is reduced (``madvise(MADV_WILLNEED)``: one sequential read-ahead,
-where the kernels' threads would otherwise fault pages in out of order), and
+is converted on its own.  Each slab of a memory-mapped file is announced to
+the OS while the one before it is reduced (``madvise(MADV_WILLNEED)``: a
+sequential read-ahead in the background, where the kernels' threads would
+otherwise fault pages in one by one and out of order), and
 the pages of a slab of a shared file mapping (``np.memmap`` in mode ``"r"``,
 ``"r+"`` or ``"w+"``) are released after it is read (see
 :func:`_release_pages`), so resident memory stays near one slab.
@@ -54,19 +55,38 @@ def batch_moments(x, lay, release_pages=True):
     backend = select_backend("auto", x)
     if is_device_array(x):
         return backend.welford(x, lay)
+    mapping = _file_mapping(x)
+    slabs = _slabs(x, lay) if mapping is None else _read_ahead(_slabs(x, lay))
     return cm.chan_merge_in_order(
-        (_slab_moments(backend, slab, lay.axis, release_pages) for slab in _slabs(x, lay)),
+        (_slab_moments(backend, slab, lay.axis, release_pages and mapping is not None, mapping)
+         for slab in slabs),
         lay.C)
 
 
-def _slab_moments(backend, slab, axis, release_pages):
-    mapping = _file_mapping(slab)
-    if mapping is not None:
-        _advise(slab, mmap.MADV_WILLNEED)  # one sequential read-ahead of the whole slab
+def _slab_moments(backend, slab, axis, release, mapping):
     summary = backend.welford(slab, v.layout(slab.shape, axis))  # converts >f4 slab by slab
-    if release_pages and mapping is not None:
+    if release:
         _release_pages(slab, mapping)
     return summary
+
+
+def _read_ahead(slabs):
+    """Yield the slabs of a memory-mapped batch, announcing each one's successor first.
+
+    ``madvise(MADV_WILLNEED)`` starts one sequential read of the whole slab in
+    the background, so the file is read while the previous slab is reduced,
+    instead of page by page in the order the kernels' threads touch it.
+    """
+    slabs = iter(slabs)
+    current = next(slabs, None)
+    if current is None:
+        return
+    _advise(current, mmap.MADV_WILLNEED)
+    for following in slabs:
+        _advise(following, mmap.MADV_WILLNEED)
+        yield current
+        current = following
+    yield current
 
 
 def _slabs(x, lay):
