@@ -233,5 +233,5 @@ def batch_norm(darr, mean, var, weight=None, bias=None, eps=1e-5, *, axis=1):
     return da.map_blocks(
         _normalize_block, darr, *vectors, eps=eps, axis=lay.axis,
         has_weight=weight is not None, has_bias=bias is not None,
-        dtype=dtype, meta=np.empty((0,) * darr.ndim, dtype), name="numbabn-batch-norm",
+        dtype=dtype, meta=np.empty((0,) * darr.ndim, dtype), token="numbabn-batch-norm",
     )

@@ -203,3 +203,14 @@ def test_bench_dask_rows(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the file is deleted
     table = _bench_dask.format_table({"results": rows, "file": file_info})
     assert "ChannelMoments loop" in table and "peak RSS" in table
+
+
+def test_two_results_in_one_graph_keep_their_own_keys(rng):
+    x = offset_data(rng, (20, 3, 4))
+    d = da.from_array(x, chunks=(5, 2, 4))
+    y1 = nbd.batch_norm(d, None, None, eps=1e-5)
+    y2 = nbd.batch_norm(d, None, None, np.full(3, 2.0), eps=1e-5)
+    (m1, v1), (m2, v2) = nbd.channel_moments(d), nbd.channel_moments(d, ddof=1)
+    y1, y2, v1, v2 = dask.compute(y1, y2, v1, v2)
+    np.testing.assert_allclose(y2, 2 * y1, rtol=1e-12)
+    np.testing.assert_allclose(v2, v1 * 80 / 79, rtol=1e-12)
