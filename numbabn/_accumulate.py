@@ -347,7 +347,7 @@ class ChannelMoments:
         return (m2 / (count - ddof)).astype(self.dtype)
 
     def to_running(self, layer):
-        """Set ``layer.running_mean`` and ``layer.running_var`` (unbiased, ddof=1) from the data seen.
+        """Set ``layer.running_mean`` and the unbiased ``layer.running_var`` from the data seen.
 
         ``layer`` is a :class:`numbabn.BatchNorm` (any subclass) that tracks
         running statistics, with as many features as channels seen here.  The
@@ -381,7 +381,7 @@ class ChannelMoments:
     # ------------------------------------------------------------------ state
 
     def state(self):
-        """The whole state as a plain dict of NumPy arrays (copies), picklable and ``np.savez``-able.
+        """The whole state as a plain dict of NumPy arrays (copies): picklable, ``np.savez``-able.
 
         Keys: ``count`` (0-d int64), ``mean`` and ``m2`` (float64, shape (C,);
         shape (0,) before the first batch), ``axis`` (0-d int64) and
@@ -421,7 +421,8 @@ class ChannelMoments:
             if a.dtype.kind != "f":
                 raise TypeError(f"{name} must be floating, got {a.dtype}")
         if mean.ndim != 1 or m2.shape != mean.shape:
-            raise ValueError(f"mean and m2 must have one shape (C,), got {mean.shape} and {m2.shape}")
+            raise ValueError(
+                f"mean and m2 must have one shape (C,), got {mean.shape} and {m2.shape}")
         if len(mean) == 0 and count:
             raise ValueError(f"a count of {count} with no channels")
         acc = cls(axis=int(np.asarray(state["axis"])), dtype=str(np.asarray(state["dtype"])))

@@ -1,4 +1,4 @@
-"""numbabn.dask: exact statistics and normalization of Dask arrays, on threads and a LocalCluster."""
+"""numbabn.dask: exact statistics and normalization of Dask arrays, threads and LocalCluster."""
 import subprocess
 import sys
 
@@ -189,7 +189,7 @@ def test_local_cluster_with_worker_processes(rng):
 
 
 def test_bench_dask_rows(tmp_path):
-    """``bench --dask`` machinery on tiny sizes: its rows, errors and memory columns (not timings)."""
+    """``bench --dask`` machinery on tiny sizes: rows, errors and memory columns (not timings)."""
     from numbabn import _bench_dask
 
     rows, info = _bench_dask.in_memory(2**-6, 1, lambda text: None)
@@ -210,7 +210,7 @@ def test_two_results_in_one_graph_keep_their_own_keys(rng):
     d = da.from_array(x, chunks=(5, 2, 4))
     y1 = nbd.batch_norm(d, None, None, eps=1e-5)
     y2 = nbd.batch_norm(d, None, None, np.full(3, 2.0), eps=1e-5)
-    (m1, v1), (m2, v2) = nbd.channel_moments(d), nbd.channel_moments(d, ddof=1)
+    (_, v1), (_, v2) = nbd.channel_moments(d), nbd.channel_moments(d, ddof=1)
     y1, y2, v1, v2 = dask.compute(y1, y2, v1, v2)
     np.testing.assert_allclose(y2, 2 * y1, rtol=1e-12)
     np.testing.assert_allclose(v2, v1 * 80 / 79, rtol=1e-12)

@@ -248,7 +248,8 @@ def test_slabs_of_a_large_batch_give_the_same_result(rng, monkeypatch):
     seen = []
     real = _accumulate._slab_moments
     monkeypatch.setattr(_accumulate, "_slab_moments",
-                        lambda backend, slab, *a: seen.append(slab.shape) or real(backend, slab, *a))
+                        lambda backend, slab, *a: seen.append(slab.shape)
+                        or real(backend, slab, *a))
     sliced = nbn.ChannelMoments().update(x)
     assert len(seen) == 14 and max(s[0] for s in seen) == 3
     np.testing.assert_allclose(sliced.var(), whole.var(), rtol=RTOL)
