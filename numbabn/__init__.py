@@ -3,6 +3,7 @@
 Importing the package compiles nothing; kernels compile on first use and are
 cached on disk.
 """
+from ._accumulate import ChannelMoments
 from ._dispatch import CudaUnavailableError, cuda_available
 from ._state_io import load, save
 from .distributed import (
@@ -49,6 +50,7 @@ __all__ = [
     "BatchRenorm1d",
     "BatchRenorm2d",
     "BatchRenorm3d",
+    "ChannelMoments",
     "CudaUnavailableError",
     "LayerNorm",
     "RMSNorm",
