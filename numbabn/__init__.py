@@ -11,6 +11,7 @@ from .distributed import (
     sync_batch_norm_backward,
     sync_batch_norm_forward,
 )
+from .fold import fold_batch_norm, fuse_conv_bn_weights, fuse_linear_bn_weights
 from .functional import batch_norm, batch_norm_backward, batch_norm_forward, channel_moments
 from .batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 
@@ -29,6 +30,9 @@ __all__ = [
     "batch_norm_forward",
     "channel_moments",
     "cuda_available",
+    "fold_batch_norm",
+    "fuse_conv_bn_weights",
+    "fuse_linear_bn_weights",
     "load",
     "save",
     "sync_batch_norm_backward",
