@@ -102,11 +102,20 @@ def _vector_or(v, fill, C):
     return np.full(C, fill) if v is None else np.asarray(v, dtype=np.float64)
 
 
-def forward_train(x, lay, weight, bias, eps, out, running_mean, running_var, momentum):
+def _residual3(residual, lay):
+    """The residual's (A, C, B) view, or None."""
+    return None if residual is None else _view3(residual, lay)
+
+
+def forward_train(x, lay, weight, bias, eps, out, running_mean, running_var, momentum,
+                  act=None, residual=None):
+    """Training forward; ``act`` (see :mod:`numbabn.cpu.epilogue`) and
+    ``residual`` are fused into the store: ``y = act(BN(x) + residual)``."""
     x3 = _view3(x, lay)
-    y3, direct = _output3(out, lay, x3.dtype, x3)
+    r3 = _residual3(residual, lay)
+    y3, direct = _output3(out, lay, x3.dtype, x3, *(() if r3 is None else (r3,)))
     mean, m2, invstd = _forward.forward_train(
-        x3, _vector_or(weight, 1.0, lay.C), _vector_or(bias, 0.0, lay.C), eps, y3)
+        x3, _vector_or(weight, 1.0, lay.C), _vector_or(bias, 0.0, lay.C), eps, y3, act, r3)
     y = _finish(y3, direct, x, out)
     if running_mean is not None:
         update_running(running_mean, running_var, mean, m2, lay.count, momentum)
@@ -127,15 +136,17 @@ def _native_vector(v):
     return np.ascontiguousarray(v, dtype=np.float64)
 
 
-def forward_infer(x, lay, running_mean, running_var, weight, bias, eps, out):
+def forward_infer(x, lay, running_mean, running_var, weight, bias, eps, out, act=None,
+                  residual=None):
     x3 = _view3(x, lay)
+    r3 = _residual3(residual, lay)
     scale, shift = _normalize.infer_coefficients(
         _native_vector(running_mean), _native_vector(running_var),
         np.ones(lay.C) if weight is None else _native_vector(weight),
         np.zeros(lay.C) if bias is None else _native_vector(bias),
         bias is not None, eps)
-    y3, direct = _output3(out, lay, x3.dtype, x3)
-    _normalize.normalize(x3, scale, shift, y3)
+    y3, direct = _output3(out, lay, x3.dtype, x3, *(() if r3 is None else (r3,)))
+    _normalize.normalize(x3, scale, shift, y3, act, r3)
     return _finish(y3, direct, x, out)
 
 
@@ -156,18 +167,39 @@ def backward_apply(dy, x, lay, mean, invstd, weight, sum_dy, sum_dy_xmu, count, 
     return _finish(dx3, direct, dy, out)
 
 
-def backward(dy, x, lay, mean, invstd, weight, training, out):
+def backward(dy, x, lay, mean, invstd, weight, training, out, act=None, y=None,
+             residual=False):
+    """``(dx, dweight, dbias)``, and ``dresidual`` fourth when ``residual``.
+
+    With an activation ``act``, ``dy`` is masked by the forward's output ``y``
+    as the kernels read it, and ``dresidual`` (the masked gradient) is written
+    in the same pass as ``dx``.  Without one, ``dresidual`` is ``dy`` itself
+    (a copy when ``out`` overwrites ``dy``).
+    """
     dy3 = _view3(dy, lay)
     x3 = _view3(x, lay)
-    dx3, direct = _output3(out, lay, dy3.dtype, dy3, x3)
+    y3 = None if act is None else _view3(y, lay)
+    dx3, direct = _output3(out, lay, dy3.dtype, dy3, x3, *(() if y3 is None else (y3,)))
+    dr3 = dresidual = None
+    if residual:
+        if act is not None:
+            dr3 = np.empty_like(dx3)
+        elif out is not None and np.may_share_memory(out, dy):
+            dresidual = dy.copy()
+        else:
+            dresidual = dy
     invstd = _as_float64(invstd)
     if x3.size == 0:
         sum_dy, sum_dy_xmu = np.zeros(lay.C), np.zeros(lay.C)
     else:
         sum_dy, sum_dy_xmu = _backward.backward(
-            dy3, x3, _as_float64(mean), invstd, _vector_or(weight, 1.0, lay.C), training, dx3)
+            dy3, x3, _as_float64(mean), invstd, _vector_or(weight, 1.0, lay.C), training, dx3,
+            act, y3, dr3)
     dx = _finish(dx3, direct, dy, out)
+    if dr3 is not None:
+        dresidual = _finish(dr3, True, dy, None)
     grad_dtype = weight.dtype if weight is not None else stats_dtype(x.dtype)
     # Both are fresh float64 vectors: no copy needed when the gradients are float64.
     dweight = (sum_dy_xmu * invstd).astype(grad_dtype, copy=False)
-    return dx, dweight, sum_dy.astype(grad_dtype, copy=False)
+    dbias = sum_dy.astype(grad_dtype, copy=False)
+    return (dx, dweight, dbias, dresidual) if residual else (dx, dweight, dbias)
