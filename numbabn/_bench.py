@@ -350,6 +350,8 @@ def build_parser(parser=None):
     parser.add_argument("--ops", default=",".join(OPS),
                         help=f"comma-separated operations out of {','.join(OPS)}")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--no-fused", action="store_true",
+                        help="skip the fused activation/residual rows (numbabn/_bench_fused.py)")
     return parser
 
 
@@ -373,6 +375,12 @@ def main(args):
 
     report = run(cases, ops, np.dtype(args.dtype), budget, copy_bytes, progress)
     print(format_table(report))
+    if not args.no_fused:
+        from . import _bench_fused
+
+        report["fused"] = _bench_fused.run(cases, np.dtype(args.dtype), budget, progress)
+        print()
+        print(_bench_fused.format_table(report["fused"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
