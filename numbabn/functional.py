@@ -114,19 +114,25 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
     backend = select_backend(device, x, None, out)
     x = _float_input(backend, "x", x)
     lay = v.layout(x.shape, axis)
-    act, residual = _fusion_inputs(backend, x, activation, negative_slope, residual)
+    act = None
+    if activation is not None or residual is not None:
+        act, residual = _fusion_inputs(backend, x, activation, negative_slope, residual)
     running_mean = _channel_input(backend, "running_mean", running_mean, lay)
     running_var = _channel_input(backend, "running_var", running_var, lay)
     weight = _channel_input(backend, "weight", weight, lay)
     bias = _channel_input(backend, "bias", bias, lay)
     eps = v.eps_value(eps)
     out = v.out_array(out, x.shape, x.dtype)
+    fused = act is not None or residual is not None
     if training:
         v.training_count(lay, x.shape)
         momentum = _check_running(running_mean, running_var, momentum)
+        if fused:
+            y, _, _ = backend.forward_train(x, lay, weight, bias, eps, out, running_mean,
+                                            running_var, momentum, act=act, residual=residual)
+            return y
         y, _, _ = backend.forward_train(
-            x, lay, weight, bias, eps, out, running_mean, running_var, momentum,
-            **_fused(act, residual)
+            x, lay, weight, bias, eps, out, running_mean, running_var, momentum
         )
         return y
     if running_mean is None or running_var is None:
@@ -134,8 +140,10 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
             "running_mean and running_var are required when training=False "
             "(inference normalizes with the running statistics)"
         )
-    return backend.forward_infer(x, lay, running_mean, running_var, weight, bias, eps, out,
-                                 **_fused(act, residual))
+    if fused:
+        return backend.forward_infer(x, lay, running_mean, running_var, weight, bias, eps, out,
+                                     act=act, residual=residual)
+    return backend.forward_infer(x, lay, running_mean, running_var, weight, bias, eps, out)
 
 
 def _activation(activation, negative_slope):
@@ -178,12 +186,6 @@ def _fusion_inputs(backend, x, activation, negative_slope, residual):
     return act, residual
 
 
-def _fused(act, residual):
-    """Keyword arguments passing a fusion to a backend (none for a plain call)."""
-    if act is None and residual is None:
-        return {}
-    return {"act": act, "residual": residual}
-
 
 def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=1, out=None,
                        running_mean=None, running_var=None, momentum=0.1, device="auto",
@@ -214,12 +216,17 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=1, out=None,
     backend = select_backend(device, x, None, out)
     x = _float_input(backend, "x", x)
     lay = v.layout(x.shape, axis)
-    act, residual = _fusion_inputs(backend, x, activation, negative_slope, residual)
+    act = None
+    if activation is not None or residual is not None:
+        act, residual = _fusion_inputs(backend, x, activation, negative_slope, residual)
     weight, bias, running_mean, running_var, eps, out, momentum = _training_inputs(
         backend, lay, x, weight, bias, running_mean, running_var, eps, out, momentum)
     v.training_count(lay, x.shape)
+    if act is not None or residual is not None:
+        return backend.forward_train(x, lay, weight, bias, eps, out, running_mean, running_var,
+                                     momentum, act=act, residual=residual)
     return backend.forward_train(x, lay, weight, bias, eps, out, running_mean, running_var,
-                                 momentum, **_fused(act, residual))
+                                 momentum)
 
 
 def _training_inputs(backend, lay, x, weight, bias, running_mean, running_var, eps, out,
@@ -301,7 +308,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, activation=None,
     backend = select_backend(device, x, dy, out)
     x = _float_input(backend, "x", x)
     lay = v.layout(x.shape, axis)
-    act = _activation(activation, negative_slope)
+    act = None if activation is None else _activation(activation, negative_slope)
     if act is not None:
         if y is None:
             raise ValueError(

@@ -313,3 +313,21 @@ def test_layer_against_torch(rng):
     np.testing.assert_allclose(layer.grad_residual, tz.grad.numpy(), rtol=0, atol=0)
     np.testing.assert_allclose(layer.grad_weight, tbn.weight.grad.numpy(), rtol=1e-9)
     np.testing.assert_allclose(layer.running_var, tbn.running_var.numpy(), rtol=1e-12)
+
+
+def test_sync_batch_norm_refuses_a_fused_training_forward(rng):
+    pytest.importorskip("mpi4py")
+    from mpi4py import MPI
+
+    x, z, dy, w, b = _inputs(rng, (6, 4, 5), 1, np.float32)
+    # SyncBatchNorm takes no activation argument; one converted from a fusing layer keeps it.
+    layer = nbn.SyncBatchNorm.convert(nbn.BatchNorm1d(4, activation="relu"), comm=MPI.COMM_SELF)
+    with pytest.raises(NotImplementedError, match="SyncBatchNorm"):
+        layer(x)
+    assert layer.num_batches_tracked == 0
+    plain = nbn.SyncBatchNorm(4, comm=MPI.COMM_SELF)
+    with pytest.raises(NotImplementedError):
+        plain(x, residual=z)
+    np.testing.assert_array_equal(plain(x), nbn.BatchNorm1d(4)(x))  # the plain path works
+    layer.eval()  # inference needs no synchronization: it fuses
+    np.testing.assert_array_equal(layer(x), np.maximum(nbn.BatchNorm1d(4).eval()(x), 0))

@@ -574,13 +574,69 @@ def backward_apply(dy3, x3, mean, k_dy, k_x, k_0, dx3):
         kernel(dy3, x3, mean, k_dy, k_x, k_0, dx3)
 
 
-def backward(dy3, x3, mean, invstd, weight, training, dx3, act=None, y3=None, dr3=None):
+# The plain calls, without the fusion arguments (see numbabn.cpu.normalize).
+
+@njit(cache=True)
+def _backward_rows_plain(dy2, x2, B, mean, invstd, weight, training, dx2):
+    return _backward_rows(dy2, x2, B, mean, invstd, weight, training, dx2, None, None, None)
+
+
+@njit(cache=True)
+def _backward_rows_serial_plain(dy2, x2, B, mean, invstd, weight, training, dx2):
+    return _backward_rows_serial(dy2, x2, B, mean, invstd, weight, training, dx2, None, None,
+                                 None)
+
+
+@njit(cache=True)
+def _backward_blocks_plain(dy2, x2, B, mean, invstd, weight, training, dx2):
+    return _backward_blocks(dy2, x2, B, mean, invstd, weight, training, dx2, None, None, None)
+
+
+@njit(cache=True)
+def _backward_blocks_serial_plain(dy2, x2, B, mean, invstd, weight, training, dx2):
+    return _backward_blocks_serial(dy2, x2, B, mean, invstd, weight, training, dx2, None, None,
+                                   None)
+
+
+@njit(cache=True)
+def _backward_planes_plain(dy, x, mean, invstd, weight, training, dx, per, pipelined):
+    return _backward_planes(dy, x, mean, invstd, weight, training, dx, per, pipelined, None,
+                            None, None)
+
+
+@njit(cache=True)
+def _backward_planes_serial_plain(dy, x, mean, invstd, weight, training, dx, per, pipelined):
+    return _backward_planes_serial(dy, x, mean, invstd, weight, training, dx, per, pipelined,
+                                   None, None, None)
+
+
+
+def backward(dy3, x3, mean, invstd, weight, training, dx3):
     """Reduce and apply in one call; returns float64 ``(sum_dy, sum_dy_xmu)``.
 
     ``mean``, ``invstd`` and ``weight`` are float64 vectors (ones stand for a
-    missing weight).  ``x3`` must not be empty.  With an activation ``act``
-    the forward's output ``y3`` masks ``dy3`` as it is read, and ``dr3`` (when
-    given) receives the masked gradient (see :mod:`numbabn.cpu.epilogue`).
+    missing weight).  ``x3`` must not be empty.
+    """
+    B = x3.shape[2]
+    one_thread = serial(x3.size)
+    if B < ROWS_MAX_B:
+        kernel = _backward_rows_serial_plain if one_thread else _backward_rows_plain
+        return kernel(_rows2(dy3), _rows2(x3), B, mean, invstd, weight, training, _rows2(dx3))
+    if B < BLOCKS_MAX_B:
+        kernel = _backward_blocks_serial_plain if one_thread else _backward_blocks_plain
+        return kernel(_rows2(dy3), _rows2(x3), B, mean, invstd, weight, training, _rows2(dx3))
+    kernel = _backward_planes_serial_plain if one_thread else _backward_planes_plain
+    A, C, B = x3.shape
+    per, pipelined = channel_runs(A, C, B, x3.itemsize, one_thread)
+    return kernel(dy3, x3, mean, invstd, weight, training, dx3, per, pipelined)
+
+
+def backward_fused(dy3, x3, mean, invstd, weight, training, dx3, act, y3, dr3):
+    """:func:`backward` through a fused activation and residual.
+
+    With an activation ``act`` the forward's output ``y3`` masks ``dy3`` as it
+    is read, and ``dr3`` (None: not kept) receives the masked gradient (see
+    :mod:`numbabn.cpu.epilogue`).  The loop orders are those of :func:`backward`.
     """
     B = x3.shape[2]
     one_thread = serial(x3.size)

@@ -19,7 +19,8 @@ activation, masked by the sign of the forward's output ``y``:
 
 .. math::
 
-    g = \begin{cases} dy & y > 0 \\ 0 \text{ (ReLU)},\ dy\,\alpha \text{ (leaky ReLU)} & \text{else,}\end{cases}
+    g = \begin{cases} dy & y > 0 \\
+        0 \text{ (ReLU)},\ dy\,\alpha \text{ (leaky ReLU)} & \text{else,}\end{cases}
 
 (ReLU passes ``dy`` where ``y`` is NaN, as PyTorch's ``threshold_backward``
 does; leaky ReLU multiplies it by the slope), and the gradient of the
@@ -28,8 +29,8 @@ residual is ``g``.
 The activation reaches the kernels as an argument whose *type* selects the
 code Numba compiles (no branch in the loops): ``None`` for none, ``True``
 (a bool) for ReLU, a float (the negative slope) for leaky ReLU, as
-:func:`numbabn.functional._activation` makes it.  A residual (or a saved ``y``, or a ``dresidual``
-buffer) is an array or ``None``.  With ``None`` everywhere the functions
+:func:`numbabn.functional._activation` makes it.  A residual (or a saved
+``y``, or a ``dresidual`` buffer) is an array or ``None``.  With ``None`` everywhere the functions
 compile to the plain loads and stores, so the unfused kernels are unchanged.
 """
 from numba import types

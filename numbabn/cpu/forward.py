@@ -168,26 +168,81 @@ def _train_blocks_serial(x2, B, weight, bias, eps, y2, act, r2):
     return mean, m2, invstd
 
 
-def forward_train(x3, weight, bias, eps, y3, act=None, r3=None):
+# The plain calls, without the fusion arguments (see numbabn.cpu.normalize).
+
+@njit(cache=True)
+def _train_rows_plain(x2, B, weight, bias, eps, y2):
+    return _train_rows(x2, B, weight, bias, eps, y2, None, None)
+
+
+@njit(cache=True)
+def _train_rows_serial_plain(x2, B, weight, bias, eps, y2):
+    return _train_rows_serial(x2, B, weight, bias, eps, y2, None, None)
+
+
+@njit(cache=True)
+def _train_blocks_plain(x2, B, weight, bias, eps, y2):
+    return _train_blocks(x2, B, weight, bias, eps, y2, None, None)
+
+
+@njit(cache=True)
+def _train_blocks_serial_plain(x2, B, weight, bias, eps, y2):
+    return _train_blocks_serial(x2, B, weight, bias, eps, y2, None, None)
+
+
+@njit(cache=True)
+def _train_planes_plain(x, weight, bias, eps, y, per, pipelined):
+    return _train_planes(x, weight, bias, eps, y, per, pipelined, None, None)
+
+
+@njit(cache=True)
+def _train_planes_serial_plain(x, weight, bias, eps, y, per, pipelined):
+    return _train_planes_serial(x, weight, bias, eps, y, per, pipelined, None, None)
+
+
+
+def forward_train(x3, weight, bias, eps, y3):
     """Normalize ``x3`` into ``y3`` with its own statistics; returns float64 ``(mean, m2, invstd)``.
 
     ``weight`` and ``bias`` are float64 vectors (ones and zeros stand for None).
-    ``act`` and the residual ``r3`` (the shape of ``x3``) are fused into the
-    store (see :mod:`numbabn.cpu.epilogue`).  Training needs ``A * B >= 2``,
-    which the public API checks.
+    Training needs ``A * B >= 2``, which the public API checks.
     """
     A, C, B = x3.shape
     one_thread = serial(x3.size)
+    if B < ROWS_MAX_B:
+        kernel = _train_rows_serial_plain if one_thread else _train_rows_plain
+        return kernel(x3.reshape(A, C * B), B, weight, bias, eps, y3.reshape(A, C * B))
     if B < BLOCKS_MAX_B:
-        r2 = None if r3 is None else r3.reshape(A, C * B)
+        kernel = _train_blocks_serial_plain if one_thread else _train_blocks_plain
+        return kernel(x3.reshape(A, C * B), B, weight, bias, eps, y3.reshape(A, C * B))
+    kernel = _train_planes_serial_plain if one_thread else _train_planes_plain
+    per, pipelined = channel_runs(A, C, B, x3.itemsize, one_thread)
+    return kernel(x3, weight, bias, eps, y3, per, pipelined)
+
+
+def forward_train_fused(x3, weight, bias, eps, y3, act, r3):
+    """:func:`forward_train` with ``act`` and the residual ``r3`` (the shape of ``x3``)
+    fused into the store (see :mod:`numbabn.cpu.epilogue`); either may be None."""
+    A, C, B = x3.shape
+    one_thread = serial(x3.size)
+    if B < BLOCKS_MAX_B:
         if B < ROWS_MAX_B:
             kernel = _train_rows_serial if one_thread else _train_rows
         else:
             kernel = _train_blocks_serial if one_thread else _train_blocks
-        return kernel(x3.reshape(A, C * B), B, weight, bias, eps, y3.reshape(A, C * B), act, r2)
+        return kernel(x3.reshape(A, C * B), B, weight, bias, eps, y3.reshape(A, C * B), act,
+                      _rows2(r3))
     kernel = _train_planes_serial if one_thread else _train_planes
     per, pipelined = channel_runs(A, C, B, x3.itemsize, one_thread)
     return kernel(x3, weight, bias, eps, y3, per, pipelined, act, r3)
+
+
+def _rows2(a3):
+    """The (A, C * B) view of an optional (A, C, B) array."""
+    if a3 is None:
+        return None
+    A, C, B = a3.shape
+    return a3.reshape(A, C * B)
 
 
 @njit(cache=True, error_model="numpy")

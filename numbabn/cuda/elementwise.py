@@ -120,7 +120,7 @@ def _build(acc):
     @cuda.jit
     def normalize_fused(x, B, mean, spread, spread_is_var, eps, weight, has_weight, bias,
                         has_bias, act, slope, r, has_r, y):
-        """``y = act((x - mean) * invstd * weight + bias + r)``: :func:`normalize` with the epilogue."""
+        """``y = act((x - mean) * invstd * weight + bias + r)``: normalize, then the epilogue."""
         A, K = x.shape
         k = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
         if k >= K:
