@@ -24,6 +24,8 @@ from .functional import (
     instance_norm_backward,
     instance_norm_forward,
 )
+from .fold import fold_batch_norm, fuse_conv_bn_weights, fuse_linear_bn_weights
+from .functional import batch_norm, batch_norm_backward, batch_norm_forward, channel_moments
 from .batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .functional_rows import (
     layer_norm,
@@ -77,6 +79,9 @@ __all__ = [
     "instance_norm",
     "instance_norm_backward",
     "instance_norm_forward",
+    "fold_batch_norm",
+    "fuse_conv_bn_weights",
+    "fuse_linear_bn_weights",
     "load",
     "rms_norm",
     "rms_norm_backward",

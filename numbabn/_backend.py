@@ -40,12 +40,17 @@ class Backend(Protocol):
     def normalize(self, x, lay, mean, invstd, weight, bias, out):
         """``y = (x - mean) * invstd * weight + bias`` with per-channel vectors."""
 
-    def forward_infer(self, x, lay, running_mean, running_var, weight, bias, eps, out):
-        """Inference: normalize with running statistics."""
+    def forward_infer(self, x, lay, running_mean, running_var, weight, bias, eps, out,
+                      act=None, residual=None):
+        """Inference: normalize with running statistics (activation and residual fused)."""
 
     def forward_train(self, x, lay, weight, bias, eps, out, running_mean, running_var,
-                      momentum):
-        """Training forward: ``(y, mean, invstd)``; running buffers (if any) updated last."""
+                      momentum, act=None, residual=None):
+        """Training forward: ``(y, mean, invstd)``; running buffers (if any) updated last.
+
+        ``act`` (an activation code) and ``residual`` are fused into the store:
+        ``y = act(BN(x) + residual)``.
+        """
 
     def forward_train_moments(self, x, lay, weight, bias, eps, out):
         """Training forward without running buffers: ``(y, mean, m2)``, float64 host statistics."""
@@ -63,8 +68,10 @@ class Backend(Protocol):
     def backward_apply_coefficients(self, dy, x, lay, mean, k_dy, k_x, k_0, out):
         """``dx = k_dy * dy + k_x * (x - mean) + k_0`` with per-channel float64 coefficients."""
 
-    def backward(self, dy, x, lay, mean, invstd, weight, training, out):
-        """Batch-norm backward: ``(dx, dweight, dbias)``."""
+    def backward(self, dy, x, lay, mean, invstd, weight, training, out, act=None, y=None,
+                 residual=False):
+        """Batch-norm backward: ``(dx, dweight, dbias)``, plus ``dresidual`` when ``residual``;
+        with ``act``, ``dy`` goes through the activation's mask read from ``y``."""
 
     def renorm_forward_train(self, x, lay, weight, bias, eps, out, running_mean, running_var,
                              momentum, rmax, dmax):

@@ -356,6 +356,8 @@ def build_parser(parser=None):
     from . import _bench_dask
 
     _bench_dask.add_arguments(parser)  # --dask and its options
+    parser.add_argument("--no-fused", action="store_true",
+                        help="skip the fused activation/residual rows (numbabn/_bench_fused.py)")
     return parser
 
 
@@ -399,6 +401,12 @@ def main(args):
 
         report["rows"] = _bench_rows.run_and_print(args.quick, np.dtype(args.dtype), budget,
                                                    copy_bytes, progress)
+    if "batch" in norms and not args.no_fused:
+        from . import _bench_fused
+
+        report["fused"] = _bench_fused.run(cases, np.dtype(args.dtype), budget, progress)
+        print()
+        print(_bench_fused.format_table(report["fused"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -140,6 +140,11 @@ class BatchNorm(_NormBase):
         The channel axis of the input (-1 for channels-last).
     dtype : float16, float32 or float64, keyword-only, default float32
         Dtype of the parameters and running buffers.
+    activation : {None, "relu", "leaky_relu"}, keyword-only
+        Fused after the normalization (and after a residual add, see
+        :meth:`forward`): ``y = act(BN(x) + residual)`` in one pass.
+    negative_slope : float >= 0, keyword-only, default 0.01
+        Leaky ReLU's slope.
 
     Attributes
     ----------
@@ -148,6 +153,9 @@ class BatchNorm(_NormBase):
     num_batches_tracked : int or None
     grad_weight, grad_bias : ndarray of shape (C,) or None
         Set (overwritten, not accumulated) by :meth:`backward`.
+    grad_residual : ndarray or None
+        The residual's gradient, set by :meth:`backward` after a forward
+        with a residual (None otherwise).
     training : bool
     device : {"cpu", "cuda"}
 
@@ -155,6 +163,17 @@ class BatchNorm(_NormBase):
     -----
     Input: (A..., C, B...) with C on ``axis``; output: the same.
     """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, *, bias=True, axis=1, dtype=np.float32,
+                 activation=None, negative_slope=0.01):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, bias=bias,
+                         axis=axis, dtype=dtype)
+        F._activation(activation, negative_slope)  # checked now, not at the first call
+        self.activation = activation
+        self.negative_slope = float(negative_slope)
+        self.grad_residual = None
+        self._fusion_saved = None
 
     def _check_input_dim(self, x):
         if x.ndim < 2:
@@ -172,33 +191,51 @@ class BatchNorm(_NormBase):
         self._check_placement(x)
         return x
 
-    def forward(self, x):
+    def forward(self, x, residual=None):
         """Normalize ``x``; in training mode also update the running estimates.
 
+        With ``residual`` (the shape and dtype of ``x``, where ``x`` lives) and
+        the layer's ``activation``, returns ``act(BN(x) + residual)``, computed
+        in one pass.
+
         The input (a reference, not a copy) and the statistics are kept for
-        :meth:`backward`: do not modify ``x`` in place before calling it.
+        :meth:`backward`: do not modify ``x`` in place before calling it (nor,
+        with an activation, the returned ``y``, whose sign gives its mask).
         """
         self._saved = None  # a forward that fails leaves nothing for backward to use
+        self._fusion_saved = None
+        fused = getattr(self, "activation", None) is not None or residual is not None
+        fusion = {}
+        if fused:
+            fusion = {"activation": self.activation, "negative_slope": self.negative_slope,
+                      "residual": residual}
         x = self._check_input(x)
         use_batch_stats = self.training or not self.track_running_stats
         if use_batch_stats:
             update = self.training and self.track_running_stats
+            if fused and type(self)._batch_forward is not BatchNorm._batch_forward:
+                raise NotImplementedError(
+                    f"{type(self).__name__} does not fuse an activation or a residual: "
+                    "apply them after the layer")
             y, mean, invstd = self._batch_forward(
                 x,
                 self.running_mean if update else None,
                 self.running_var if update else None,
                 self._momentum_factor() if update else 0.0,
+                **fusion,
             )
             if update:  # counted only once the batch went through
                 self.num_batches_tracked += 1
             self._saved = (x, mean, invstd, True)
+            self._fusion_saved = (y, residual is not None) if fused else None
             return y
         y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                         training=False, eps=self.eps, axis=self.axis)
+                         training=False, eps=self.eps, axis=self.axis, **fusion)
         # The statistics are constants of this forward: snapshot them (C values) for backward.
         mean = np.array(to_host(self.running_mean), dtype=np.float64)
         invstd = cm.invstd_from_var(np.array(to_host(self.running_var), np.float64), self.eps)
         self._saved = (x, self._to_device(mean), self._to_device(invstd), False)
+        self._fusion_saved = (y, residual is not None) if fused else None
         return y
 
     # ------------------------------------------------------------------ backward
@@ -219,6 +256,11 @@ class BatchNorm(_NormBase):
         ``grad_weight`` :math:`= \sum dy\,\hat x` and ``grad_bias``
         :math:`= \sum dy` are set (overwritten) when the layer is affine.
 
+        With an activation, ``dy`` is first taken through its derivative at
+        the forward's output (see :func:`numbabn.batch_norm_backward`); after a
+        forward with a residual, ``grad_residual`` is set to the gradient
+        reaching the residual (else None).
+
         Raises
         ------
         RuntimeError
@@ -235,7 +277,18 @@ class BatchNorm(_NormBase):
                 f"dy must have the shape of the forward's input {tuple(x.shape)}, "
                 f"got {tuple(dy.shape)}"
             )
-        if batch_stats:
+        fusion_saved = getattr(self, "_fusion_saved", None)
+        self.grad_residual = None
+        if fusion_saved is not None:
+            y, has_residual = fusion_saved
+            grads = F.batch_norm_backward(
+                dy, x, mean, invstd, self.weight, activation=self.activation,
+                negative_slope=self.negative_slope, y=y, residual=has_residual,
+                axis=self.axis, training=batch_stats)
+            dx, dweight, dbias = grads[:3]
+            if has_residual:
+                self.grad_residual = grads[3]
+        elif batch_stats:
             dx, dweight, dbias = self._batch_backward(dy, x, mean, invstd)
         else:
             dx, dweight, dbias = F.batch_norm_backward(
@@ -246,15 +299,18 @@ class BatchNorm(_NormBase):
 
     # ------------------------------------------------------------------ the two overridable steps
 
-    def _batch_forward(self, x, running_mean, running_var, momentum):
+    def _batch_forward(self, x, running_mean, running_var, momentum, **fusion):
         """Training-mode forward with batch statistics: ``(y, mean, invstd)``.
 
         ``running_mean``/``running_var`` are None when they are not updated;
-        ``momentum`` is the resolved running-average factor.
+        ``momentum`` is the resolved running-average factor.  ``fusion`` holds
+        the activation and residual keywords when the forward fuses them (a
+        subclass that does not fuse need not accept them: the layer refuses
+        a fused forward for it).
         """
         return F.batch_norm_forward(
             x, self.weight, self.bias, eps=self.eps, axis=self.axis,
-            running_mean=running_mean, running_var=running_var, momentum=momentum,
+            running_mean=running_mean, running_var=running_var, momentum=momentum, **fusion,
         )
 
     def _batch_backward(self, dy, x, mean, invstd):

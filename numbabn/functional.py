@@ -5,12 +5,18 @@ call that raises leaves ``running_mean``, ``running_var`` and ``out`` exactly
 as they were.  The channel axis is ``axis`` (1 for ``(N, C, ...)``, -1 for
 channels-last); every other axis is reduced over.
 """
+import math
+import numbers
+
 import numpy as np
 
 from . import _engine
 from . import _validate as v
-from ._dispatch import is_device_array, select_backend
+from ._dispatch import check_placement, is_device_array, select_backend
 from ._validate import stats_dtype
+
+#: The activations batch norm's functions and layers fuse.
+ACTIVATIONS = (None, "relu", "leaky_relu")
 
 
 def _float_input(backend, name, a, convert=True):
@@ -64,7 +70,8 @@ def _channel_input(backend, name, vec, lay, convert=True):
 
 
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
-               training=False, momentum=0.1, eps=1e-5, *, axis=1, out=None, device="auto"):
+               training=False, momentum=0.1, eps=1e-5, *, axis=1, out=None, device="auto",
+               activation=None, negative_slope=0.01, residual=None):
     r"""Batch normalization with PyTorch's ``torch.nn.functional.batch_norm`` semantics.
 
     .. math::
@@ -81,6 +88,19 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
 
     with the unbiased batch variance (M values per channel).  In inference
     mode the running buffers are used as the statistics.
+
+    An activation and a residual add can be fused into the same pass over
+    memory (one read of ``x`` and ``residual``, one write of ``y``):
+
+    .. math::
+
+        y = \mathrm{act}\big(\mathrm{BN}(x) + r\big), \qquad
+        \mathrm{act} \in \{\mathrm{id},\ \max(\cdot, 0),\
+        \mathrm{LeakyReLU}_\alpha\}.
+
+    The add and the activation are done in ``x``'s dtype after the normalized
+    value is rounded to it, so the result is bit for bit
+    ``act(batch_norm(x) + r)`` computed in three steps.
 
     Parameters
     ----------
@@ -105,6 +125,15 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
         NumPy arrays.  Small host vectors (weight, bias, running buffers) go
         with a device ``x`` automatically; ``dy`` and ``out`` must live where
         ``x`` does.
+    activation : {None, "relu", "leaky_relu"}, keyword-only
+        Applied after the residual add.
+    negative_slope : float >= 0, keyword-only, default 0.01
+        Leaky ReLU's slope :math:`\alpha` for negative values.  Must not be
+        negative: the backward recovers the activation's mask from the sign
+        of ``y`` (as PyTorch's in-place leaky ReLU requires too).
+    residual : array, keyword-only, optional
+        Added to the normalized value before the activation; the shape and
+        dtype of ``x``, on the same device.  ``out=residual`` is allowed.
 
     Returns
     -------
@@ -118,30 +147,81 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
     backend = select_backend(device, x, None, out)
     x = _float_input(backend, "x", x)
     lay = v.layout(x.shape, axis)
+    act = None
+    if activation is not None or residual is not None:
+        act, residual = _fusion_inputs(backend, x, activation, negative_slope, residual)
     running_mean = _channel_input(backend, "running_mean", running_mean, lay, convert=False)
     running_var = _channel_input(backend, "running_var", running_var, lay, convert=False)
     weight = _channel_input(backend, "weight", weight, lay)
     bias = _channel_input(backend, "bias", bias, lay)
     eps = v.eps_value(eps)
     out = v.out_array(out, x.shape, x.dtype)
+    fused = act is not None or residual is not None
     if training:
         momentum = _check_running(running_mean, running_var, momentum)
         if lay.count == 0:
             return _empty_batch(backend, x, lay, out)[0]
         v.training_count(lay, x.shape)
+        fusion = {"act": act, "residual": residual} if fused else {}
         y, _, _ = _forward_train(
-            backend, x, lay, weight, bias, eps, out, running_mean, running_var, momentum)
+            backend, x, lay, weight, bias, eps, out, running_mean, running_var, momentum,
+            **fusion)
         return y
     if running_mean is None or running_var is None:
         raise ValueError(
             "running_mean and running_var are required when training=False "
             "(inference normalizes with the running statistics)"
         )
+    if fused:
+        return backend.forward_infer(x, lay, running_mean, running_var, weight, bias, eps, out,
+                                     act=act, residual=residual)
     return backend.forward_infer(x, lay, running_mean, running_var, weight, bias, eps, out)
 
 
+def _activation(activation, negative_slope):
+    """Check the activation; return the kernels' code for it.
+
+    The code is None (no activation), True (ReLU) or the negative slope as a
+    float (leaky ReLU): the CPU kernels compile a different loop for each type.
+    """
+    if activation is None:
+        return None
+    if activation == "relu":
+        return True
+    if activation != "leaky_relu":
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if isinstance(negative_slope, (bool, np.bool_)) or not isinstance(negative_slope,
+                                                                        numbers.Real):
+        raise TypeError(f"negative_slope must be a real number, got {negative_slope!r}")
+    if not (negative_slope >= 0 and math.isfinite(negative_slope)):
+        raise ValueError(
+            f"negative_slope must be a finite number >= 0, got {negative_slope!r} (the "
+            "backward recovers the activation's mask from the sign of its output)")
+    return float(negative_slope)
+
+
+def _full_size_like(backend, name, a, x):
+    """Check an array that must have ``x``'s shape and dtype and live where it lives."""
+    check_placement(x, **{name: a})
+    a = _float_input(backend, name, a)
+    v.same_shape(name, a, x.shape)
+    if a.dtype != x.dtype:
+        raise TypeError(f"{name} and x must have the same dtype, got {a.dtype} and {x.dtype}")
+    return a
+
+
+def _fusion_inputs(backend, x, activation, negative_slope, residual):
+    """Checked ``(act, residual)`` of a forward with a fused activation and residual."""
+    act = _activation(activation, negative_slope)
+    if residual is not None:
+        residual = _full_size_like(backend, "residual", residual, x)
+    return act, residual
+
+
+
 def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=1, out=None,
-                       running_mean=None, running_var=None, momentum=0.1, device="auto"):
+                       running_mean=None, running_var=None, momentum=0.1, device="auto",
+                       activation=None, negative_slope=0.01, residual=None):
     r"""Training-mode forward that also returns the statistics backward needs.
 
     .. math::
@@ -154,6 +234,11 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=1, out=None,
     place exactly as by :func:`batch_norm` in training mode (this is what a
     layer needs: one call that normalizes, saves and tracks).
 
+    ``activation``, ``negative_slope`` and ``residual`` fuse
+    :math:`y = \mathrm{act}(\mathrm{BN}(x) + r)` as in :func:`batch_norm`;
+    keep ``y`` for :func:`batch_norm_backward`, which needs it with an
+    activation.
+
     Returns
     -------
     y : ndarray, shape and dtype of ``x``
@@ -163,19 +248,27 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=1, out=None,
     backend = select_backend(device, x, None, out)
     x = _float_input(backend, "x", x)
     lay = v.layout(x.shape, axis)
+    act = None
+    if activation is not None or residual is not None:
+        act, residual = _fusion_inputs(backend, x, activation, negative_slope, residual)
     weight, bias, running_mean, running_var, eps, out, momentum = _training_inputs(
         backend, lay, x, weight, bias, running_mean, running_var, eps, out, momentum)
     if lay.count == 0:
         return _empty_batch(backend, x, lay, out)
     v.training_count(lay, x.shape)
+    fusion = {"act": act, "residual": residual} if act is not None or residual is not None else {}
     return _forward_train(backend, x, lay, weight, bias, eps, out, running_mean, running_var,
-                          momentum)
+                          momentum, **fusion)
 
 
-def _forward_train(backend, x, lay, weight, bias, eps, out, running_mean, running_var, momentum):
-    """``backend.forward_train``, with big-endian running buffers updated through native copies."""
+def _forward_train(backend, x, lay, weight, bias, eps, out, running_mean, running_var, momentum,
+                   **fusion):
+    """``backend.forward_train``, with big-endian running buffers updated through native copies.
+
+    ``fusion`` (``act``, ``residual``) is passed on only when something is fused.
+    """
     rm, rv = _native_buffer(running_mean), _native_buffer(running_var)
-    result = backend.forward_train(x, lay, weight, bias, eps, out, rm, rv, momentum)
+    result = backend.forward_train(x, lay, weight, bias, eps, out, rm, rv, momentum, **fusion)
     _write_back(running_mean, rm)
     _write_back(running_var, rv)
     return result
@@ -224,9 +317,10 @@ def _check_running(running_mean, running_var, momentum):
     return momentum
 
 
-def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, training=True,
+def batch_norm_backward(dy, x, mean, invstd, weight=None, *, activation=None,
+                        negative_slope=0.01, y=None, residual=False, axis=1, training=True,
                         out=None, device="auto"):
-    r"""Gradients of batch normalization: ``(dx, dweight, dbias)``.
+    r"""Gradients of batch normalization: ``(dx, dweight, dbias)``, and ``dresidual``.
 
     With :math:`\hat x = (x - \mu)\sigma^{-1}` and M values per channel,
 
@@ -240,25 +334,57 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, training=Tr
     With ``training=False`` the statistics are treated as constants (an
     inference-mode forward), and :math:`dx = \gamma\sigma^{-1} dy`.
 
+    After a fused forward :math:`y = \mathrm{act}(\mathrm{BN}(x) + r)`, ``dy``
+    is the gradient of ``y``: it is first taken through the activation,
+
+    .. math::
+
+        g = dy \cdot \mathrm{act}'(y) =
+        \begin{cases} dy & y > 0 \\ 0\ \text{(ReLU)},\ \alpha\,dy\
+        \text{(leaky ReLU)} & \text{otherwise,} \end{cases}
+
+    as the kernels read it (no mask is stored: the sign of the forward's
+    output ``y`` gives it), and the formulas above use ``g`` for ``dy``.  The
+    residual's gradient is ``g``.
+
     Parameters
     ----------
     dy, x : arrays of the same shape and dtype
     mean, invstd : array_like of shape (C,)
         As returned by :func:`batch_norm_forward` (or running statistics).
     weight : array_like of shape (C,), optional
+    activation : {None, "relu", "leaky_relu"}, keyword-only
+        The forward's fused activation.
+    negative_slope : float >= 0, keyword-only, default 0.01
+    y : array, keyword-only
+        The forward's output; required with an activation (shape and dtype of ``x``).
+    residual : bool, keyword-only, default False
+        Also return the residual's gradient (the forward added one).
 
     Returns
     -------
     dx : ndarray, shape and dtype of ``x``
     dweight, dbias : ndarray of shape (C,)
         In ``weight``'s dtype; without weight, float64 for float64 input, else float32.
+    dresidual : ndarray, shape and dtype of ``x``
+        Only with ``residual=True``: ``g`` (``dy`` itself without an activation).
     """
     backend = select_backend(device, x, dy, out)
     x = _float_input(backend, "x", x)
     lay = v.layout(x.shape, axis)
+    act = None if activation is None else _activation(activation, negative_slope)
+    if act is not None:
+        if y is None:
+            raise ValueError(
+                "y (the forward's output) is required with an activation: its sign gives "
+                "the activation's mask")
+        y = _full_size_like(backend, "y", y, x)
     dy, mean, invstd, weight, out = _backward_inputs(
         backend, lay, x, dy, mean, invstd, weight, out)
-    return backend.backward(dy, x, lay, mean, invstd, weight, bool(training), out)
+    if act is None and not residual:
+        return backend.backward(dy, x, lay, mean, invstd, weight, bool(training), out)
+    return backend.backward(dy, x, lay, mean, invstd, weight, bool(training), out, act=act,
+                            y=y, residual=bool(residual))
 
 
 def _backward_inputs(backend, lay, x, dy, mean, invstd, weight, out):

@@ -117,11 +117,18 @@ def _vector_or(v, fill, C):
     return np.full(C, fill) if v is None else np.asarray(v, dtype=np.float64)
 
 
-def forward_train(x, lay, weight, bias, eps, out, running_mean, running_var, momentum):
+def forward_train(x, lay, weight, bias, eps, out, running_mean, running_var, momentum,
+                  act=None, residual=None):
+    """Training forward; ``act`` (see :mod:`numbabn.cpu.epilogue`) and
+    ``residual`` are fused into the store: ``y = act(BN(x) + residual)``."""
     x3 = _view3(x, lay)
-    y3, direct = _output3(out, lay, x3.dtype, x3)
-    mean, m2, invstd = _forward.forward_train(
-        x3, _vector_or(weight, 1.0, lay.C), _vector_or(bias, 0.0, lay.C), eps, y3)
+    weight, bias = _vector_or(weight, 1.0, lay.C), _vector_or(bias, 0.0, lay.C)
+    if act is None and residual is None:
+        y3, direct = _output3(out, lay, x3.dtype, x3)
+        mean, m2, invstd = _forward.forward_train(x3, weight, bias, eps, y3)
+    else:
+        r3, y3, direct = _fused_output(x3, residual, out, lay)
+        mean, m2, invstd = _forward.forward_train_fused(x3, weight, bias, eps, y3, act, r3)
     y = _finish(y3, direct, x, out)
     if running_mean is not None:
         update_running(running_mean, running_var, mean, m2, lay.count, momentum)
@@ -136,6 +143,15 @@ def forward_train_moments(x, lay, weight, bias, eps, out):
     mean, m2, _ = _forward.forward_train(
         x3, _vector_or(weight, 1.0, lay.C), _vector_or(bias, 0.0, lay.C), eps, y3)
     return _finish(y3, direct, x, out), mean, m2
+def _fused_output(x3, residual, out, lay):
+    """``(r3, y3, direct)``: the residual's view, and where a fused forward writes.
+
+    ``out`` may be the residual's own buffer, as it may be x's.
+    """
+    if residual is None:
+        return (None, *_output3(out, lay, x3.dtype, x3))
+    r3 = _view3(residual, lay)
+    return (r3, *_output3(out, lay, x3.dtype, x3, r3))
 
 
 def update_running(running_mean, running_var, mean, m2, count, momentum):
@@ -151,15 +167,20 @@ def _native_vector(v):
     return np.ascontiguousarray(v, dtype=np.float64)
 
 
-def forward_infer(x, lay, running_mean, running_var, weight, bias, eps, out):
+def forward_infer(x, lay, running_mean, running_var, weight, bias, eps, out, act=None,
+                  residual=None):
     x3 = _view3(x, lay)
     scale, shift = _normalize.infer_coefficients(
         _native_vector(running_mean), _native_vector(running_var),
         np.ones(lay.C) if weight is None else _native_vector(weight),
         np.zeros(lay.C) if bias is None else _native_vector(bias),
         bias is not None, eps)
-    y3, direct = _output3(out, lay, x3.dtype, x3)
-    _normalize.normalize(x3, scale, shift, y3)
+    if act is None and residual is None:
+        y3, direct = _output3(out, lay, x3.dtype, x3)
+        _normalize.normalize(x3, scale, shift, y3)
+    else:
+        r3, y3, direct = _fused_output(x3, residual, out, lay)
+        _normalize.normalize_fused(x3, scale, shift, y3, act, r3)
     return _finish(y3, direct, x, out)
 
 
@@ -185,7 +206,18 @@ def backward_apply_coefficients(dy, x, lay, mean, k_dy, k_x, k_0, out):
     return _finish(dx3, direct, dy, out)
 
 
-def backward(dy, x, lay, mean, invstd, weight, training, out):
+def backward(dy, x, lay, mean, invstd, weight, training, out, act=None, y=None,
+             residual=False):
+    """``(dx, dweight, dbias)``, and ``dresidual`` fourth when ``residual``.
+
+    With an activation ``act``, ``dy`` is masked by the forward's output ``y``
+    as the kernels read it, and ``dresidual`` (the masked gradient) is written
+    in the same pass as ``dx``.  Without one, ``dresidual`` is ``dy`` itself
+    (a copy when ``out`` overwrites ``dy``).
+    """
+    if act is not None or residual:
+        return _backward_fused(dy, x, lay, mean, invstd, weight, training, out, act, y,
+                               residual)
     dy3 = _view3(dy, lay)
     x3 = _view3(x, lay)
     dx3, direct = _output3(out, lay, dy3.dtype, dy3, x3)
@@ -205,6 +237,8 @@ def backward(dy, x, lay, mean, invstd, weight, training, out):
 
 # Layer norm and RMS norm (per-row statistics, per-element affine).
 from .rownorm_backend import row_norm_backward, row_norm_forward  # noqa: E402,F401
+
+
 # -- group norm where the affine is per channel inside a statistics row ------------------
 
 def group_train(x, slay, weight, bias, eps, out):
@@ -267,3 +301,28 @@ def renorm_forward_train(x, lay, weight, bias, eps, out, running_mean, running_v
     update_running(running_mean, running_var, mean, m2, lay.count, momentum)
     dtype = stats_dtype(x.dtype)
     return (y, *(stats[i].astype(dtype, copy=False) for i in (0, 2, 3, 4)))
+def _backward_fused(dy, x, lay, mean, invstd, weight, training, out, act, y, residual):
+    """:func:`backward` through an activation (``act``, or None), with the residual's
+    gradient fourth when ``residual``."""
+    dy3 = _view3(dy, lay)
+    x3 = _view3(x, lay)
+    if act is None:  # the residual's gradient is dy (a copy when out= overwrites it)
+        dresidual = dy.copy() if out is not None and np.may_share_memory(out, dy) else dy
+        dx, dweight, dbias = backward(dy, x, lay, mean, invstd, weight, training, out)
+        return dx, dweight, dbias, dresidual
+    y3 = _view3(y, lay)
+    dx3, direct = _output3(out, lay, dy3.dtype, dy3, x3, y3)
+    dr3 = np.empty_like(dx3) if residual else None
+    invstd = _as_float64(invstd)
+    if x3.size == 0:
+        sum_dy, sum_dy_xmu = np.zeros(lay.C), np.zeros(lay.C)
+    else:
+        sum_dy, sum_dy_xmu = _backward.backward_fused(
+            dy3, x3, _as_float64(mean), invstd, _vector_or(weight, 1.0, lay.C), training, dx3,
+            act, y3, dr3)
+    dx = _finish(dx3, direct, dy, out)
+    grad_dtype = weight.dtype if weight is not None else stats_dtype(x.dtype)
+    dweight = sum_dy_xmu * invstd if x3.size else sum_dy_xmu  # empty: 0, not NaN
+    grads = (dx, dweight.astype(grad_dtype, copy=False),
+             sum_dy.astype(grad_dtype, copy=False))
+    return (*grads, _finish(dr3, True, dy, None)) if residual else grads

@@ -36,18 +36,24 @@ from ._chunks import (
     BLOCKS_MAX_B, CHANNEL_JOBS_MIN_C, ROWS_MAX_B, channel_blocks, channel_pieces, channel_runs,
     job_index, lanes_for, piece_bounds, plane_pieces, row_pieces, serial,
 )
+from .epilogue import grad, keep, view
 from .moments import segment_sum
 
 
 @njit(cache=True)
-def _piece_sums(dy, x, a0, a1, c, mu, start, stop, acc, apply):
+def _piece_sums(dy, x, a0, a1, c, mu, start, stop, acc, apply, act, y):
     """``(sum(dy), sum(dy * (x - mu)))`` over ``[a0:a1, c, start:stop]``, in float64.
 
     ``acc`` is (2, L) lane scratch space; lanes, leftovers and direct unsigned
     indexing as in :func:`numbabn.cpu.moments._sum`.  ``apply`` is None, or
-    ``(c2, mu2, u, w, z, dx)``: the same loop then also writes channel ``c2``'s
+    ``(c2, mu2, u, w, z, dx, dr)``: the same loop then also writes channel ``c2``'s
     ``dx = u * dy + w * (x - mu2) + z`` at every index it reads (the pipelined
     backward; see :func:`_backward_run`).  The sums are the same either way.
+
+    ``act`` and ``y`` fuse an activation's backward: ``dy`` is read through
+    its derivative at the forward's output ``y`` (None: plain ``dy``), and the
+    masked gradient is also written into ``dr`` (None: not kept); see
+    :mod:`numbabn.cpu.epilogue`.  The same arguments in every function here.
     """
     uc = uint64(c)
     n = stop - start
@@ -55,7 +61,7 @@ def _piece_sums(dy, x, a0, a1, c, mu, start, stop, acc, apply):
     first = uint64(start)
     full = n - n % L
     if apply is not None:  # unpacked once: no reference counting inside the loops
-        c2, mu2, u, w, z, dx = apply
+        c2, mu2, u, w, z, dx, dr = apply
         u2 = uint64(c2)
     acc_s = acc[0]
     acc_p = acc[1]
@@ -70,19 +76,24 @@ def _piece_sums(dy, x, a0, a1, c, mu, start, stop, acc, apply):
             base = first + uint64(r * L)
             for lane in range(L):
                 i = base + uint64(lane)
-                g = dy[ua, uc, i]
+                g = grad(dy, (ua, uc, i), y, act)
                 acc_s[lane] += g
                 acc_p[lane] += g * (x[ua, uc, i] - mu)
             if apply is not None:
                 for lane in range(L):
                     i = base + uint64(lane)
-                    dx[ua, u2, i] = u * dy[ua, u2, i] + w * (x[ua, u2, i] - mu2) + z
+                    g2 = grad(dy, (ua, u2, i), y, act)
+                    dx[ua, u2, i] = u * g2 + w * (x[ua, u2, i] - mu2) + z
+                    keep(dr, (ua, u2, i), g2)
         for j in range(full, n):
             i = first + uint64(j)
-            s += dy[ua, uc, i]
-            p += dy[ua, uc, i] * (x[ua, uc, i] - mu)
+            g = grad(dy, (ua, uc, i), y, act)
+            s += g
+            p += g * (x[ua, uc, i] - mu)
             if apply is not None:
-                dx[ua, u2, i] = u * dy[ua, u2, i] + w * (x[ua, u2, i] - mu2) + z
+                g2 = grad(dy, (ua, u2, i), y, act)
+                dx[ua, u2, i] = u * g2 + w * (x[ua, u2, i] - mu2) + z
+                keep(dr, (ua, u2, i), g2)
     for lane in range(L):
         s += acc_s[lane]
         p += acc_p[lane]
@@ -90,7 +101,7 @@ def _piece_sums(dy, x, a0, a1, c, mu, start, stop, acc, apply):
 
 
 @njit(cache=True)
-def channel_planes_sums(dy, x, c, mu, apply):
+def channel_planes_sums(dy, x, c, mu, apply, act, y):
     """``(S, P)`` of channel ``c`` of (A, C, B) arrays: piece sums added in order.
 
     ``apply`` (see :func:`_piece_sums`) differentiates another channel in the same loops.
@@ -102,7 +113,7 @@ def channel_planes_sums(dy, x, c, mu, apply):
     p = 0.0
     for j in range(pieces):
         a0, a1, start, stop = piece_bounds(j, A, B, group)
-        ds, dp = _piece_sums(dy, x, a0, a1, c, mu, start, stop, acc, apply)
+        ds, dp = _piece_sums(dy, x, a0, a1, c, mu, start, stop, acc, apply, act, y)
         s += ds
         p += dp
     return s, p
@@ -118,7 +129,7 @@ def coefficients(invstd, weight, sum_dy, sum_dy_xmu, m, training):
 
 
 @njit(cache=True)
-def apply_channel(dy, x, c, mu, u, w, z, dx):
+def apply_channel(dy, x, c, mu, u, w, z, dx, act, y, dr):
     """dx of one channel (direct unsigned indexing, as :func:`numbabn.cpu.moments._sum`)."""
     A, C, B = x.shape
     uc = uint64(c)
@@ -126,7 +137,9 @@ def apply_channel(dy, x, c, mu, u, w, z, dx):
         ua = uint64(a)
         for b in range(B):
             ub = uint64(b)
-            dx[ua, uc, ub] = u * dy[ua, uc, ub] + w * (x[ua, uc, ub] - mu) + z
+            g = grad(dy, (ua, uc, ub), y, act)
+            dx[ua, uc, ub] = u * g + w * (x[ua, uc, ub] - mu) + z
+            keep(dr, (ua, uc, ub), g)
 
 
 @njit(cache=True)
@@ -152,19 +165,23 @@ def merge_row_sums(part_s, part_p, B):
 
 
 @njit(cache=True)
-def apply_rows_piece(dy2, x2, a0, a1, mean, k_dy, k_x, k_0, dx2):
+def apply_rows_piece(dy2, x2, a0, a1, mean, k_dy, k_x, k_0, dx2, act, y2, dr2):
     """dx over rows ``a0:a1`` with W-wide coefficients (vectorizes along rows)."""
     W = x2.shape[1]
     for a in range(a0, a1):
         g = dy2[a]
         v = x2[a]
         out = dx2[a]
+        yr = view(y2, a)
+        dr = view(dr2, a)
         for j in range(W):
-            out[j] = k_dy[j] * g[j] + k_x[j] * (v[j] - mean[j]) + k_0[j]
+            gj = grad(g, j, yr, act)
+            out[j] = k_dy[j] * gj + k_x[j] * (v[j] - mean[j]) + k_0[j]
+            keep(dr, j, gj)
 
 
 @njit(cache=True)
-def column_sums(dy2, x2, a0, a1, off, centre, col_s, col_p):
+def column_sums(dy2, x2, a0, a1, off, centre, col_s, col_p, act, y2):
     """Column sums of ``dy`` and ``dy * (x - centre)`` over rows ``a0:a1``, columns ``off:off + W``.
 
     Rows four at a time, as in :func:`numbabn.cpu.moments.column_sums`, so the
@@ -186,19 +203,25 @@ def column_sums(dy2, x2, a0, a1, off, centre, col_s, col_p):
         v1 = x2[a + 1, off:off + W]
         v2 = x2[a + 2, off:off + W]
         v3 = x2[a + 3, off:off + W]
+        h0 = view(y2, (a, slice(off, off + W)))
+        h1 = view(y2, (a + 1, slice(off, off + W)))
+        h2 = view(y2, (a + 2, slice(off, off + W)))
+        h3 = view(y2, (a + 3, slice(off, off + W)))
         for j in range(W):
             # Every load before the first store: the store could alias dy or x, so a
             # load after it would be repeated (and converted to float64 again).
             mu = centre[j]
-            d0, d1, d2, d3 = float64(g0[j]), float64(g1[j]), float64(g2[j]), float64(g3[j])
+            d0, d1 = float64(grad(g0, j, h0, act)), float64(grad(g1, j, h1, act))
+            d2, d3 = float64(grad(g2, j, h2, act)), float64(grad(g3, j, h3, act))
             p = (d0 * (v0[j] - mu) + d1 * (v1[j] - mu)) + (d2 * (v2[j] - mu) + d3 * (v3[j] - mu))
             col_s[j] += (d0 + d1) + (d2 + d3)
             col_p[j] += p
     for a in range(quad_end, a1):
         g = dy2[a, off:off + W]
         v = x2[a, off:off + W]
+        h = view(y2, (a, slice(off, off + W)))
         for j in range(W):
-            d = float64(g[j])
+            d = float64(grad(g, j, h, act))
             p = d * (v[j] - centre[j])
             col_s[j] += d
             col_p[j] += p
@@ -215,7 +238,7 @@ def _block_centre(mean, c0, c1, B):
 
 
 @njit(cache=True)
-def block_sums(dy2, x2, B, c0, c1, mean, sum_dy, sum_dy_xmu):
+def block_sums(dy2, x2, B, c0, c1, mean, sum_dy, sum_dy_xmu, act, y2):
     """``(S, P)`` of channels ``c0:c1`` of the (A, C * B) views, written into ``sum_dy``/``sum_dy_xmu``.
 
     Per group of rows (:func:`numbabn.cpu._chunks.channel_blocks`): column
@@ -231,7 +254,7 @@ def block_sums(dy2, x2, B, c0, c1, mean, sum_dy, sum_dy_xmu):
     col_s, col_p = np.empty(W), np.empty(W)
     off = c0 * B
     for g in range(groups):
-        column_sums(dy2, x2, g * rows, min((g + 1) * rows, A), off, centre, col_s, col_p)
+        column_sums(dy2, x2, g * rows, min((g + 1) * rows, A), off, centre, col_s, col_p, act, y2)
         for k in range(c1 - c0):
             s = segment_sum(col_s, k * B, B)
             p = segment_sum(col_p, k * B, B)
@@ -244,7 +267,7 @@ def block_sums(dy2, x2, B, c0, c1, mean, sum_dy, sum_dy_xmu):
 
 
 @njit(cache=True)
-def apply_block(dy2, x2, B, c0, mean, k_dy, k_x, k_0, dx2):
+def apply_block(dy2, x2, B, c0, mean, k_dy, k_x, k_0, dx2, act, y2, dr2):
     """dx of channels ``c0:c0 + len(k_dy)`` of the (A, C * B) views, per-channel coefficients.
 
     Row by row, channel by channel, with unsigned indices (see
@@ -260,7 +283,9 @@ def apply_block(dy2, x2, B, c0, mean, k_dy, k_x, k_0, dx2):
             first = uint64((c0 + k) * B)
             for b in range(B):
                 i = first + uint64(b)
-                dx2[ua, i] = u * dy2[ua, i] + w * (x2[ua, i] - mu) + z
+                g = grad(dy2, (ua, i), y2, act)
+                dx2[ua, i] = u * g + w * (x2[ua, i] - mu) + z
+                keep(dr2, (ua, i), g)
 
 
 # --- reduce ------------------------------------------------------------------------------
@@ -271,7 +296,7 @@ def _reduce_channels(dy, x, mean):
     sum_dy = np.empty(C)
     sum_dy_xmu = np.empty(C)
     for c in prange(C):
-        sum_dy[c], sum_dy_xmu[c] = channel_planes_sums(dy, x, c, mean[c], None)
+        sum_dy[c], sum_dy_xmu[c] = channel_planes_sums(dy, x, c, mean[c], None, None, None)
     return sum_dy, sum_dy_xmu
 
 
@@ -281,31 +306,33 @@ def _reduce_channels_serial(dy, x, mean):
     sum_dy = np.empty(C)
     sum_dy_xmu = np.empty(C)
     for c in range(C):
-        sum_dy[c], sum_dy_xmu[c] = channel_planes_sums(dy, x, c, mean[c], None)
+        sum_dy[c], sum_dy_xmu[c] = channel_planes_sums(dy, x, c, mean[c], None, None, None)
     return sum_dy, sum_dy_xmu
 
 
 @njit(parallel=True, cache=True)
-def _reduce_rows(dy2, x2, B, mean):
+def _reduce_rows(dy2, x2, B, mean, act, y2):
     A, W = x2.shape
     rows, pieces = row_pieces(A, W)
     mean_w = np.repeat(mean, B)
     part_s = np.empty((pieces, W))
     part_p = np.empty((pieces, W))
     for k in prange(pieces):
-        column_sums(dy2, x2, k * rows, min((k + 1) * rows, A), 0, mean_w, part_s[k], part_p[k])
+        column_sums(dy2, x2, k * rows, min((k + 1) * rows, A), 0, mean_w, part_s[k], part_p[k],
+                    act, y2)
     return merge_row_sums(part_s, part_p, B)
 
 
 @njit(cache=True)
-def _reduce_rows_serial(dy2, x2, B, mean):
+def _reduce_rows_serial(dy2, x2, B, mean, act, y2):
     A, W = x2.shape
     rows, pieces = row_pieces(A, W)
     mean_w = np.repeat(mean, B)
     part_s = np.empty((pieces, W))
     part_p = np.empty((pieces, W))
     for k in range(pieces):
-        column_sums(dy2, x2, k * rows, min((k + 1) * rows, A), 0, mean_w, part_s[k], part_p[k])
+        column_sums(dy2, x2, k * rows, min((k + 1) * rows, A), 0, mean_w, part_s[k], part_p[k],
+                    act, y2)
     return merge_row_sums(part_s, part_p, B)
 
 
@@ -316,7 +343,8 @@ def _reduce_blocks(dy2, x2, B, mean):
     per, blocks, _, _ = channel_blocks(A, C, B)
     sum_dy, sum_dy_xmu = np.empty(C), np.empty(C)
     for k in prange(blocks):
-        block_sums(dy2, x2, B, k * per, min((k + 1) * per, C), mean, sum_dy, sum_dy_xmu)
+        block_sums(dy2, x2, B, k * per, min((k + 1) * per, C), mean, sum_dy, sum_dy_xmu, None,
+                   None)
     return sum_dy, sum_dy_xmu
 
 
@@ -327,7 +355,8 @@ def _reduce_blocks_serial(dy2, x2, B, mean):
     per, blocks, _, _ = channel_blocks(A, C, B)
     sum_dy, sum_dy_xmu = np.empty(C), np.empty(C)
     for k in range(blocks):
-        block_sums(dy2, x2, B, k * per, min((k + 1) * per, C), mean, sum_dy, sum_dy_xmu)
+        block_sums(dy2, x2, B, k * per, min((k + 1) * per, C), mean, sum_dy, sum_dy_xmu, None,
+                   None)
     return sum_dy, sum_dy_xmu
 
 
@@ -354,13 +383,13 @@ def _apply_planes(dy, x, mean, k_dy, k_x, k_0, dx):
 @njit(parallel=True, cache=True)
 def _apply_channels(dy, x, mean, k_dy, k_x, k_0, dx):
     for c in prange(x.shape[1]):
-        apply_channel(dy, x, c, mean[c], k_dy[c], k_x[c], k_0[c], dx)
+        apply_channel(dy, x, c, mean[c], k_dy[c], k_x[c], k_0[c], dx, None, None, None)
 
 
 @njit(cache=True)
 def _apply_channels_serial(dy, x, mean, k_dy, k_x, k_0, dx):
     for c in range(x.shape[1]):
-        apply_channel(dy, x, c, mean[c], k_dy[c], k_x[c], k_0[c], dx)
+        apply_channel(dy, x, c, mean[c], k_dy[c], k_x[c], k_0[c], dx, None, None, None)
 
 
 @njit(parallel=True, cache=True)
@@ -368,19 +397,20 @@ def _apply_rows(dy2, x2, mean_w, k_dy, k_x, k_0, dx2):
     A, W = x2.shape
     rows, pieces = row_pieces(A, W)
     for k in prange(pieces):
-        apply_rows_piece(dy2, x2, k * rows, min((k + 1) * rows, A), mean_w, k_dy, k_x, k_0, dx2)
+        apply_rows_piece(dy2, x2, k * rows, min((k + 1) * rows, A), mean_w, k_dy, k_x, k_0, dx2,
+                         None, None, None)
 
 
 @njit(cache=True)
 def _apply_rows_serial(dy2, x2, mean_w, k_dy, k_x, k_0, dx2):
-    apply_rows_piece(dy2, x2, 0, x2.shape[0], mean_w, k_dy, k_x, k_0, dx2)
+    apply_rows_piece(dy2, x2, 0, x2.shape[0], mean_w, k_dy, k_x, k_0, dx2, None, None, None)
 
 
 # --- reduce and apply in one call --------------------------------------------------------
 
 @njit(cache=True)
 def _backward_run(dy, x, c0, c1, mean, invstd, weight, training, dx, sum_dy, sum_dy_xmu,
-                  pipelined):
+                  pipelined, act, y, dr):
     """Channels ``c0:c1`` in order: reduce a channel, then write its dx.
 
     Not pipelined, a channel's dx is written right after it is reduced, while
@@ -390,36 +420,38 @@ def _backward_run(dy, x, c0, c1, mean, invstd, weight, training, dx, sum_dy, sum
     """
     A, C, B = x.shape
     m = float(max(A * B, 1))
-    s, p = channel_planes_sums(dy, x, c0, mean[c0], None)
+    s, p = channel_planes_sums(dy, x, c0, mean[c0], None, act, y)
     for c in range(c0, c1):
         sum_dy[c], sum_dy_xmu[c] = s, p
         u, w, z = coefficients(invstd[c], weight[c], s, p, m, training)
         if c + 1 == c1:
-            apply_channel(dy, x, c, mean[c], u, w, z, dx)
+            apply_channel(dy, x, c, mean[c], u, w, z, dx, act, y, dr)
         elif pipelined:
-            s, p = channel_planes_sums(dy, x, c + 1, mean[c + 1], (c, mean[c], u, w, z, dx))
+            s, p = channel_planes_sums(dy, x, c + 1, mean[c + 1], (c, mean[c], u, w, z, dx, dr),
+                                       act, y)
         else:
-            apply_channel(dy, x, c, mean[c], u, w, z, dx)
-            s, p = channel_planes_sums(dy, x, c + 1, mean[c + 1], None)
+            apply_channel(dy, x, c, mean[c], u, w, z, dx, act, y, dr)
+            s, p = channel_planes_sums(dy, x, c + 1, mean[c + 1], None, act, y)
 
 
 @njit(parallel=True, cache=True)
-def _backward_planes(dy, x, mean, invstd, weight, training, dx, per, pipelined):
+def _backward_planes(dy, x, mean, invstd, weight, training, dx, per, pipelined, act, y, dr):
     C = x.shape[1]
     sum_dy, sum_dy_xmu = np.empty(C), np.empty(C)
     for k in prange((C + per - 1) // per):
         _backward_run(dy, x, k * per, min((k + 1) * per, C), mean, invstd, weight, training, dx,
-                      sum_dy, sum_dy_xmu, pipelined)
+                      sum_dy, sum_dy_xmu, pipelined, act, y, dr)
     return sum_dy, sum_dy_xmu
 
 
 @njit(cache=True)
-def _backward_planes_serial(dy, x, mean, invstd, weight, training, dx, per, pipelined):
+def _backward_planes_serial(dy, x, mean, invstd, weight, training, dx, per, pipelined, act,
+                            y, dr):
     C = x.shape[1]
     sum_dy, sum_dy_xmu = np.empty(C), np.empty(C)
     for k in range((C + per - 1) // per):
         _backward_run(dy, x, k * per, min((k + 1) * per, C), mean, invstd, weight, training, dx,
-                      sum_dy, sum_dy_xmu, pipelined)
+                      sum_dy, sum_dy_xmu, pipelined, act, y, dr)
     return sum_dy, sum_dy_xmu
 
 
@@ -441,67 +473,71 @@ def _rows_coefficients(sum_dy, sum_dy_xmu, A, B, invstd, weight, training):
 
 
 @njit(parallel=True, cache=True)
-def _backward_rows(dy2, x2, B, mean, invstd, weight, training, dx2):
+def _backward_rows(dy2, x2, B, mean, invstd, weight, training, dx2, act, y2, dr2):
     A, W = x2.shape
-    sum_dy, sum_dy_xmu = _reduce_rows(dy2, x2, B, mean)
+    sum_dy, sum_dy_xmu = _reduce_rows(dy2, x2, B, mean, act, y2)
     k_dy, k_x, k_0 = _rows_coefficients(sum_dy, sum_dy_xmu, A, B, invstd, weight, training)
     # Same pieces and threads as the reduction (static schedule), often still in cache.
     rows, pieces = row_pieces(A, W)
     mean_w = np.repeat(mean, B)
     for k in prange(pieces):
-        apply_rows_piece(dy2, x2, k * rows, min((k + 1) * rows, A), mean_w, k_dy, k_x, k_0, dx2)
+        apply_rows_piece(dy2, x2, k * rows, min((k + 1) * rows, A), mean_w, k_dy, k_x, k_0, dx2,
+                         act, y2, dr2)
     return sum_dy, sum_dy_xmu
 
 
 @njit(cache=True)
-def _backward_rows_serial(dy2, x2, B, mean, invstd, weight, training, dx2):
+def _backward_rows_serial(dy2, x2, B, mean, invstd, weight, training, dx2, act, y2, dr2):
     A, W = x2.shape
-    sum_dy, sum_dy_xmu = _reduce_rows_serial(dy2, x2, B, mean)
+    sum_dy, sum_dy_xmu = _reduce_rows_serial(dy2, x2, B, mean, act, y2)
     k_dy, k_x, k_0 = _rows_coefficients(sum_dy, sum_dy_xmu, A, B, invstd, weight, training)
-    apply_rows_piece(dy2, x2, 0, A, np.repeat(mean, B), k_dy, k_x, k_0, dx2)
+    apply_rows_piece(dy2, x2, 0, A, np.repeat(mean, B), k_dy, k_x, k_0, dx2, act, y2, dr2)
     return sum_dy, sum_dy_xmu
 
 
 @njit(cache=True)
-def _backward_block(dy2, x2, B, c0, c1, mean, invstd, weight, training, dx2, sum_dy, sum_dy_xmu):
+def _backward_block(dy2, x2, B, c0, c1, mean, invstd, weight, training, dx2, sum_dy, sum_dy_xmu,
+                    act, y2, dr2):
     """Reduce channels ``c0:c1`` of the (A, C * B) views, then write their dx while in cache."""
-    block_sums(dy2, x2, B, c0, c1, mean, sum_dy, sum_dy_xmu)
+    block_sums(dy2, x2, B, c0, c1, mean, sum_dy, sum_dy_xmu, act, y2)
     m = float(max(x2.shape[0] * B, 1))
     k_dy, k_x, k_0 = np.empty(c1 - c0), np.empty(c1 - c0), np.empty(c1 - c0)
     for k in range(c1 - c0):
         c = c0 + k
         k_dy[k], k_x[k], k_0[k] = coefficients(
             invstd[c], weight[c], sum_dy[c], sum_dy_xmu[c], m, training)
-    apply_block(dy2, x2, B, c0, mean, k_dy, k_x, k_0, dx2)
+    apply_block(dy2, x2, B, c0, mean, k_dy, k_x, k_0, dx2, act, y2, dr2)
 
 
 @njit(parallel=True, cache=True)
-def _backward_blocks(dy2, x2, B, mean, invstd, weight, training, dx2):
+def _backward_blocks(dy2, x2, B, mean, invstd, weight, training, dx2, act, y2, dr2):
     A, W = x2.shape
     C = W // B
     per, blocks, _, _ = channel_blocks(A, C, B)
     sum_dy, sum_dy_xmu = np.empty(C), np.empty(C)
     for k in prange(blocks):
         _backward_block(dy2, x2, B, k * per, min((k + 1) * per, C), mean, invstd, weight,
-                        training, dx2, sum_dy, sum_dy_xmu)
+                        training, dx2, sum_dy, sum_dy_xmu, act, y2, dr2)
     return sum_dy, sum_dy_xmu
 
 
 @njit(cache=True)
-def _backward_blocks_serial(dy2, x2, B, mean, invstd, weight, training, dx2):
+def _backward_blocks_serial(dy2, x2, B, mean, invstd, weight, training, dx2, act, y2, dr2):
     A, W = x2.shape
     C = W // B
     per, blocks, _, _ = channel_blocks(A, C, B)
     sum_dy, sum_dy_xmu = np.empty(C), np.empty(C)
     for k in range(blocks):
         _backward_block(dy2, x2, B, k * per, min((k + 1) * per, C), mean, invstd, weight,
-                        training, dx2, sum_dy, sum_dy_xmu)
+                        training, dx2, sum_dy, sum_dy_xmu, act, y2, dr2)
     return sum_dy, sum_dy_xmu
 
 
 # --- entry points ------------------------------------------------------------------------
 
 def _rows2(a3):
+    if a3 is None:
+        return None
     A, C, B = a3.shape
     return a3.reshape(A, C * B)
 
@@ -514,7 +550,7 @@ def backward_reduce(dy3, x3, mean):
     one_thread = serial(x3.size)
     if B < ROWS_MAX_B:
         kernel = _reduce_rows_serial if one_thread else _reduce_rows
-        return kernel(_rows2(dy3), _rows2(x3), B, mean)
+        return kernel(_rows2(dy3), _rows2(x3), B, mean, None, None)
     if B < BLOCKS_MAX_B:
         kernel = _reduce_blocks_serial if one_thread else _reduce_blocks
         return kernel(_rows2(dy3), _rows2(x3), B, mean)
@@ -538,6 +574,43 @@ def backward_apply(dy3, x3, mean, k_dy, k_x, k_0, dx3):
         kernel(dy3, x3, mean, k_dy, k_x, k_0, dx3)
 
 
+# The plain calls, without the fusion arguments (see numbabn.cpu.normalize).
+
+@njit(cache=True)
+def _backward_rows_plain(dy2, x2, B, mean, invstd, weight, training, dx2):
+    return _backward_rows(dy2, x2, B, mean, invstd, weight, training, dx2, None, None, None)
+
+
+@njit(cache=True)
+def _backward_rows_serial_plain(dy2, x2, B, mean, invstd, weight, training, dx2):
+    return _backward_rows_serial(dy2, x2, B, mean, invstd, weight, training, dx2, None, None,
+                                 None)
+
+
+@njit(cache=True)
+def _backward_blocks_plain(dy2, x2, B, mean, invstd, weight, training, dx2):
+    return _backward_blocks(dy2, x2, B, mean, invstd, weight, training, dx2, None, None, None)
+
+
+@njit(cache=True)
+def _backward_blocks_serial_plain(dy2, x2, B, mean, invstd, weight, training, dx2):
+    return _backward_blocks_serial(dy2, x2, B, mean, invstd, weight, training, dx2, None, None,
+                                   None)
+
+
+@njit(cache=True)
+def _backward_planes_plain(dy, x, mean, invstd, weight, training, dx, per, pipelined):
+    return _backward_planes(dy, x, mean, invstd, weight, training, dx, per, pipelined, None,
+                            None, None)
+
+
+@njit(cache=True)
+def _backward_planes_serial_plain(dy, x, mean, invstd, weight, training, dx, per, pipelined):
+    return _backward_planes_serial(dy, x, mean, invstd, weight, training, dx, per, pipelined,
+                                   None, None, None)
+
+
+
 def backward(dy3, x3, mean, invstd, weight, training, dx3):
     """Reduce and apply in one call; returns float64 ``(sum_dy, sum_dy_xmu)``.
 
@@ -547,12 +620,34 @@ def backward(dy3, x3, mean, invstd, weight, training, dx3):
     B = x3.shape[2]
     one_thread = serial(x3.size)
     if B < ROWS_MAX_B:
-        kernel = _backward_rows_serial if one_thread else _backward_rows
+        kernel = _backward_rows_serial_plain if one_thread else _backward_rows_plain
         return kernel(_rows2(dy3), _rows2(x3), B, mean, invstd, weight, training, _rows2(dx3))
     if B < BLOCKS_MAX_B:
-        kernel = _backward_blocks_serial if one_thread else _backward_blocks
+        kernel = _backward_blocks_serial_plain if one_thread else _backward_blocks_plain
         return kernel(_rows2(dy3), _rows2(x3), B, mean, invstd, weight, training, _rows2(dx3))
-    kernel = _backward_planes_serial if one_thread else _backward_planes
+    kernel = _backward_planes_serial_plain if one_thread else _backward_planes_plain
     A, C, B = x3.shape
     per, pipelined = channel_runs(A, C, B, x3.itemsize, one_thread)
     return kernel(dy3, x3, mean, invstd, weight, training, dx3, per, pipelined)
+
+
+def backward_fused(dy3, x3, mean, invstd, weight, training, dx3, act, y3, dr3):
+    """:func:`backward` through a fused activation and residual.
+
+    With an activation ``act`` the forward's output ``y3`` masks ``dy3`` as it
+    is read, and ``dr3`` (None: not kept) receives the masked gradient (see
+    :mod:`numbabn.cpu.epilogue`).  The loop orders are those of :func:`backward`.
+    """
+    B = x3.shape[2]
+    one_thread = serial(x3.size)
+    if B < BLOCKS_MAX_B:
+        if B < ROWS_MAX_B:
+            kernel = _backward_rows_serial if one_thread else _backward_rows
+        else:
+            kernel = _backward_blocks_serial if one_thread else _backward_blocks
+        return kernel(_rows2(dy3), _rows2(x3), B, mean, invstd, weight, training, _rows2(dx3),
+                      act, _rows2(y3), _rows2(dr3))
+    kernel = _backward_planes_serial if one_thread else _backward_planes
+    A, C, B = x3.shape
+    per, pipelined = channel_runs(A, C, B, x3.itemsize, one_thread)
+    return kernel(dy3, x3, mean, invstd, weight, training, dx3, per, pipelined, act, y3, dr3)

@@ -48,14 +48,15 @@ def affine_from_moments(mu, m2, count, weight, bias, eps):
 
 
 @njit(cache=True)
-def _train_run(x, c0, c1, weight, bias, eps, y, mean, m2, invstd, pipelined):
+def _train_run(x, c0, c1, weight, bias, eps, y, mean, m2, invstd, pipelined, act, res):
     """Channels ``c0:c1`` in order: reduce a channel, then normalize it.
 
     Not pipelined, a channel is normalized right after it is reduced, while it
     is still in cache.  Pipelined (channels too large to stay in cache),
     channel ``c`` is normalized in the loops that read channel ``c + 1`` for
     its reduction, so that reading one from memory overlaps with the other.
-    The statistics and outputs are the same bits either way.
+    The statistics and outputs are the same bits either way.  ``act`` and
+    ``res`` are the fused activation and residual (see :mod:`numbabn.cpu.epilogue`).
     """
     A, C, B = x.shape
     count = float(A * B)
@@ -64,31 +65,31 @@ def _train_run(x, c0, c1, weight, bias, eps, y, mean, m2, invstd, pipelined):
         r, s, t = affine_from_moments(mu, q, count, weight[c], bias[c], eps)
         mean[c], m2[c], invstd[c] = mu, q, r
         if c + 1 == c1:
-            normalize_channel(x, c, s, t, y)
+            normalize_channel(x, c, s, t, y, act, res)
         elif pipelined:
-            mu, q = channel_planes_moments(x, c + 1, (c, s, t, y))
+            mu, q = channel_planes_moments(x, c + 1, (c, s, t, y, act, res))
         else:
-            normalize_channel(x, c, s, t, y)
+            normalize_channel(x, c, s, t, y, act, res)
             mu, q = channel_planes_moments(x, c + 1, None)
 
 
 @njit(parallel=True, cache=True)
-def _train_planes(x, weight, bias, eps, y, per, pipelined):
+def _train_planes(x, weight, bias, eps, y, per, pipelined, act, res):
     C = x.shape[1]
     mean, m2, invstd = np.empty(C), np.empty(C), np.empty(C)
     for k in prange((C + per - 1) // per):
         _train_run(x, k * per, min((k + 1) * per, C), weight, bias, eps, y, mean, m2, invstd,
-                   pipelined)
+                   pipelined, act, res)
     return mean, m2, invstd
 
 
 @njit(cache=True)
-def _train_planes_serial(x, weight, bias, eps, y, per, pipelined):
+def _train_planes_serial(x, weight, bias, eps, y, per, pipelined, act, res):
     C = x.shape[1]
     mean, m2, invstd = np.empty(C), np.empty(C), np.empty(C)
     for k in range((C + per - 1) // per):
         _train_run(x, k * per, min((k + 1) * per, C), weight, bias, eps, y, mean, m2, invstd,
-                   pipelined)
+                   pipelined, act, res)
     return mean, m2, invstd
 
 
@@ -109,7 +110,7 @@ def _rows_coefficients(mean, m2, A, B, weight, bias, eps):
 
 
 @njit(parallel=True, cache=True)
-def _train_rows(x2, B, weight, bias, eps, y2):
+def _train_rows(x2, B, weight, bias, eps, y2, act, r2):
     A, W = x2.shape
     mean, m2 = _moments_rows(x2, B)
     invstd, scale, shift = _rows_coefficients(mean, m2, A, B, weight, bias, eps)
@@ -117,21 +118,21 @@ def _train_rows(x2, B, weight, bias, eps, y2):
     # (static schedule): a piece is often still in that thread's cache.
     rows, pieces = row_pieces(A, W)
     for k in prange(pieces):
-        normalize_rows_piece(x2, k * rows, min((k + 1) * rows, A), scale, shift, y2)
+        normalize_rows_piece(x2, k * rows, min((k + 1) * rows, A), scale, shift, y2, act, r2)
     return mean, m2, invstd
 
 
 @njit(cache=True)
-def _train_rows_serial(x2, B, weight, bias, eps, y2):
+def _train_rows_serial(x2, B, weight, bias, eps, y2, act, r2):
     A, W = x2.shape
     mean, m2 = _moments_rows_serial(x2, B)
     invstd, scale, shift = _rows_coefficients(mean, m2, A, B, weight, bias, eps)
-    normalize_rows_piece(x2, 0, A, scale, shift, y2)
+    normalize_rows_piece(x2, 0, A, scale, shift, y2, act, r2)
     return mean, m2, invstd
 
 
 @njit(cache=True)
-def _train_block(x2, B, c0, c1, weight, bias, eps, y2, mean, m2, invstd):
+def _train_block(x2, B, c0, c1, weight, bias, eps, y2, mean, m2, invstd, act, r2):
     """Reduce channels ``c0:c1`` of the (A, C * B) view, then normalize them while they are in cache."""
     block_moments(x2, B, c0, c1, mean, m2)
     count = float(x2.shape[0] * B)
@@ -140,29 +141,64 @@ def _train_block(x2, B, c0, c1, weight, bias, eps, y2, mean, m2, invstd):
         c = c0 + k
         invstd[c], scale[k], shift[k] = affine_from_moments(
             mean[c], m2[c], count, weight[c], bias[c], eps)
-    normalize_block(x2, B, c0, scale, shift, y2)
+    normalize_block(x2, B, c0, scale, shift, y2, act, r2)
 
 
 @njit(parallel=True, cache=True)
-def _train_blocks(x2, B, weight, bias, eps, y2):
+def _train_blocks(x2, B, weight, bias, eps, y2, act, r2):
     A, W = x2.shape
     C = W // B
     per, blocks, _, _ = channel_blocks(A, C, B)
     mean, m2, invstd = np.empty(C), np.empty(C), np.empty(C)
     for k in prange(blocks):
-        _train_block(x2, B, k * per, min((k + 1) * per, C), weight, bias, eps, y2, mean, m2, invstd)
+        _train_block(x2, B, k * per, min((k + 1) * per, C), weight, bias, eps, y2, mean, m2, invstd,
+                     act, r2)
     return mean, m2, invstd
 
 
 @njit(cache=True)
-def _train_blocks_serial(x2, B, weight, bias, eps, y2):
+def _train_blocks_serial(x2, B, weight, bias, eps, y2, act, r2):
     A, W = x2.shape
     C = W // B
     per, blocks, _, _ = channel_blocks(A, C, B)
     mean, m2, invstd = np.empty(C), np.empty(C), np.empty(C)
     for k in range(blocks):
-        _train_block(x2, B, k * per, min((k + 1) * per, C), weight, bias, eps, y2, mean, m2, invstd)
+        _train_block(x2, B, k * per, min((k + 1) * per, C), weight, bias, eps, y2, mean, m2, invstd,
+                     act, r2)
     return mean, m2, invstd
+
+
+# The plain calls, without the fusion arguments (see numbabn.cpu.normalize).
+
+@njit(cache=True)
+def _train_rows_plain(x2, B, weight, bias, eps, y2):
+    return _train_rows(x2, B, weight, bias, eps, y2, None, None)
+
+
+@njit(cache=True)
+def _train_rows_serial_plain(x2, B, weight, bias, eps, y2):
+    return _train_rows_serial(x2, B, weight, bias, eps, y2, None, None)
+
+
+@njit(cache=True)
+def _train_blocks_plain(x2, B, weight, bias, eps, y2):
+    return _train_blocks(x2, B, weight, bias, eps, y2, None, None)
+
+
+@njit(cache=True)
+def _train_blocks_serial_plain(x2, B, weight, bias, eps, y2):
+    return _train_blocks_serial(x2, B, weight, bias, eps, y2, None, None)
+
+
+@njit(cache=True)
+def _train_planes_plain(x, weight, bias, eps, y, per, pipelined):
+    return _train_planes(x, weight, bias, eps, y, per, pipelined, None, None)
+
+
+@njit(cache=True)
+def _train_planes_serial_plain(x, weight, bias, eps, y, per, pipelined):
+    return _train_planes_serial(x, weight, bias, eps, y, per, pipelined, None, None)
+
 
 
 def forward_train(x3, weight, bias, eps, y3):
@@ -174,14 +210,39 @@ def forward_train(x3, weight, bias, eps, y3):
     A, C, B = x3.shape
     one_thread = serial(x3.size)
     if B < ROWS_MAX_B:
-        kernel = _train_rows_serial if one_thread else _train_rows
+        kernel = _train_rows_serial_plain if one_thread else _train_rows_plain
         return kernel(x3.reshape(A, C * B), B, weight, bias, eps, y3.reshape(A, C * B))
     if B < BLOCKS_MAX_B:
-        kernel = _train_blocks_serial if one_thread else _train_blocks
+        kernel = _train_blocks_serial_plain if one_thread else _train_blocks_plain
         return kernel(x3.reshape(A, C * B), B, weight, bias, eps, y3.reshape(A, C * B))
-    kernel = _train_planes_serial if one_thread else _train_planes
+    kernel = _train_planes_serial_plain if one_thread else _train_planes_plain
     per, pipelined = channel_runs(A, C, B, x3.itemsize, one_thread)
     return kernel(x3, weight, bias, eps, y3, per, pipelined)
+
+
+def forward_train_fused(x3, weight, bias, eps, y3, act, r3):
+    """:func:`forward_train` with ``act`` and the residual ``r3`` (the shape of ``x3``)
+    fused into the store (see :mod:`numbabn.cpu.epilogue`); either may be None."""
+    A, C, B = x3.shape
+    one_thread = serial(x3.size)
+    if B < BLOCKS_MAX_B:
+        if B < ROWS_MAX_B:
+            kernel = _train_rows_serial if one_thread else _train_rows
+        else:
+            kernel = _train_blocks_serial if one_thread else _train_blocks
+        return kernel(x3.reshape(A, C * B), B, weight, bias, eps, y3.reshape(A, C * B), act,
+                      _rows2(r3))
+    kernel = _train_planes_serial if one_thread else _train_planes
+    per, pipelined = channel_runs(A, C, B, x3.itemsize, one_thread)
+    return kernel(x3, weight, bias, eps, y3, per, pipelined, act, r3)
+
+
+def _rows2(a3):
+    """The (A, C * B) view of an optional (A, C, B) array."""
+    if a3 is None:
+        return None
+    A, C, B = a3.shape
+    return a3.reshape(A, C * B)
 
 
 @njit(cache=True, error_model="numpy")

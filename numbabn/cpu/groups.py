@@ -90,7 +90,7 @@ def _backward_row(dy3, x3, r, cpg, mean, invstd, weight, dx3, seg_s, seg_p):
     s_g = 0.0
     p_g = 0.0
     for j in range(cpg):
-        s, p = _piece_sums(dy3, x3, 0, 1, r, mu, j * B, (j + 1) * B, acc, None)
+        s, p = _piece_sums(dy3, x3, 0, 1, r, mu, j * B, (j + 1) * B, acc, None, None, None)
         seg_s[r, j] = s
         seg_p[r, j] = p
         s_g += weight[c0 + j] * s
@@ -159,7 +159,8 @@ def _train_samples(x3, cpg, weight, bias, eps, y3):
         scale, shift = _sample_coefficients(mean[n], m2[n], float(A * cpg), cpg, weight, bias,
                                             eps, invstd[n])
         for k in prange(pieces):
-            normalize_rows_piece(x3[n], k * rows, min((k + 1) * rows, A), scale, shift, y3[n])
+            normalize_rows_piece(x3[n], k * rows, min((k + 1) * rows, A), scale, shift, y3[n],
+                                 None, None)
     return mean, m2, invstd
 
 
@@ -172,7 +173,7 @@ def _train_samples_serial(x3, cpg, weight, bias, eps, y3):
         mean[n], m2[n] = _moments_rows_serial(x3[n], cpg)
         scale, shift = _sample_coefficients(mean[n], m2[n], float(A * cpg), cpg, weight, bias,
                                             eps, invstd[n])
-        normalize_rows_piece(x3[n], 0, A, scale, shift, y3[n])
+        normalize_rows_piece(x3[n], 0, A, scale, shift, y3[n], None, None)
     return mean, m2, invstd
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from numba import float64, njit, prange, uint64
 
 from .. import _channel_math
+from .epilogue import store
 from ._chunks import (
     BLOCKS_MAX_B, ROWS_MAX_B, channel_blocks, channel_pieces, lanes_for, piece_bounds, row_pieces,
     serial,
@@ -48,8 +49,9 @@ def _sum(x, a0, a1, c, start, stop, acc, shift, normalize):
     short plane) with unsigned indices, so Numba emits no negative-index
     wraparound that would turn vector loads into gathers.
 
-    ``normalize`` is None, or ``(c2, scale, shift2, y)``: the same loop then
-    also writes ``y[a, c2, i] = x[a, c2, i] * scale + shift2`` at every index
+    ``normalize`` is None, or ``(c2, scale, shift2, y, act, r)``: the same loop then
+    also writes ``y[a, c2, i] = x[a, c2, i] * scale + shift2`` (with the fused
+    activation and residual of :mod:`numbabn.cpu.epilogue`) at every index
     it reads, so another channel is normalized while this one is read from
     memory (the pipelined training forward).  The sum is the same either way.
     """
@@ -59,7 +61,7 @@ def _sum(x, a0, a1, c, start, stop, acc, shift, normalize):
     first = uint64(start)
     full = n - n % L
     if normalize is not None:  # unpacked once: no reference counting inside the loops
-        c2, scale, shift2, y = normalize
+        c2, scale, shift2, y, act, res = normalize
         u2 = uint64(c2)
     for lane in range(L):
         acc[lane] = 0.0
@@ -77,7 +79,7 @@ def _sum(x, a0, a1, c, start, stop, acc, shift, normalize):
             if normalize is not None:
                 for lane in range(L):
                     i = base + uint64(lane)
-                    y[ua, u2, i] = x[ua, u2, i] * scale + shift2
+                    store(y, (ua, u2, i), x[ua, u2, i] * scale + shift2, act, res)
         for j in range(full, n):
             i = first + uint64(j)
             if shift is None:
@@ -86,7 +88,7 @@ def _sum(x, a0, a1, c, start, stop, acc, shift, normalize):
                 d = x[ua, uc, i] - shift
                 total += d * d
             if normalize is not None:
-                y[ua, u2, i] = x[ua, u2, i] * scale + shift2
+                store(y, (ua, u2, i), x[ua, u2, i] * scale + shift2, act, res)
     for lane in range(L):
         total += acc[lane]
     return total
@@ -107,7 +109,7 @@ def _piece_moments(x, a0, a1, c, start, stop, acc, normalize):
 def channel_planes_moments(x, c, normalize):
     """Mean and M2 of channel ``c`` of an (A, C, B) array: its pieces merged in order.
 
-    With ``normalize = (c2, scale, shift, y)`` channel ``c2`` (of the same
+    With ``normalize = (c2, scale, shift, y, act, r)`` channel ``c2`` (of the same
     shape) is normalized into ``y`` in the same loops; see :func:`_sum`.
     """
     A, C, B = x.shape

@@ -78,11 +78,11 @@ def _renorm_run(x, c0, c1, p, y, stats, pipelined):
     for c in range(c0, c1):
         s, t = _finalize(c, mu, q, count, p, stats)
         if c + 1 == c1:
-            normalize_channel(x, c, s, t, y)
+            normalize_channel(x, c, s, t, y, None, None)
         elif pipelined:
-            mu, q = channel_planes_moments(x, c + 1, (c, s, t, y))
+            mu, q = channel_planes_moments(x, c + 1, (c, s, t, y, None, None))
         else:
-            normalize_channel(x, c, s, t, y)
+            normalize_channel(x, c, s, t, y, None, None)
             mu, q = channel_planes_moments(x, c + 1, None)
 
 
@@ -126,7 +126,8 @@ def _renorm_rows(x2, B, p, y2):
     stats, scale, shift = _rows_coefficients(mean, m2, A, B, p)
     rows, pieces = row_pieces(A, W)
     for k in prange(pieces):
-        normalize_rows_piece(x2, k * rows, min((k + 1) * rows, A), scale, shift, y2)
+        normalize_rows_piece(x2, k * rows, min((k + 1) * rows, A), scale, shift, y2, None,
+                             None)
     return stats
 
 
@@ -135,7 +136,7 @@ def _renorm_rows_serial(x2, B, p, y2):
     A, W = x2.shape
     mean, m2 = _moments_rows_serial(x2, B)
     stats, scale, shift = _rows_coefficients(mean, m2, A, B, p)
-    normalize_rows_piece(x2, 0, A, scale, shift, y2)
+    normalize_rows_piece(x2, 0, A, scale, shift, y2, None, None)
     return stats
 
 
@@ -148,7 +149,7 @@ def _renorm_block(x2, B, c0, c1, p, y2, stats):
     scale, shift = np.empty(c1 - c0), np.empty(c1 - c0)
     for k in range(c1 - c0):
         scale[k], shift[k] = _finalize(c0 + k, mean[c0 + k], m2[c0 + k], count, p, stats)
-    normalize_block(x2, B, c0, scale, shift, y2)
+    normalize_block(x2, B, c0, scale, shift, y2, None, None)
 
 
 @njit(parallel=True, cache=True)

@@ -16,6 +16,8 @@ Placement rules (the public functions document them):
 
 A training forward is three launches (reduce, per-channel finalize,
 normalize), a backward three (reduce, finalize, apply), an inference one.
+A fused activation and residual add ride in the normalize launch; a backward
+through an activation adds one launch that masks ``dy`` first.
 ``welford`` and ``backward_reduce`` return host float64 arrays, as the CPU
 backend does, for callers (MPI) that merge statistics across processes.
 Every check runs before the first copy or launch.
@@ -250,15 +252,29 @@ def _per_channel(kernel, channels, parts):
     return kernel[_grid.per_channel(channels, parts[0].size // channels)]
 
 
-def _normalize(xd, lay, mean, spread, spread_is_var, eps, weight, bias, yd):
+def _normalize(xd, lay, mean, spread, spread_is_var, eps, weight, bias, yd, act=None,
+               rd=None):
     k = lay.C * lay.B
     grid, block = _grid.elementwise(lay.A, k)
-    kernel = elementwise.KERNELS[_ACCUMULATOR[np.dtype(xd.dtype)]][0]
-    kernel[grid, block](
-        xd.reshape(lay.A, k), lay.B, mean, spread, spread_is_var, eps,
-        mean if weight is None else weight, weight is not None,
-        mean if bias is None else bias, bias is not None, yd.reshape(lay.A, k),
-    )
+    kernels = elementwise.KERNELS[_ACCUMULATOR[np.dtype(xd.dtype)]]
+    args = (xd.reshape(lay.A, k), lay.B, mean, spread, spread_is_var, eps,
+            mean if weight is None else weight, weight is not None,
+            mean if bias is None else bias, bias is not None)
+    if act is None and rd is None:
+        kernels[0][grid, block](*args, yd.reshape(lay.A, k))
+        return
+    code, slope = elementwise.activation_code(act)
+    kernels[2][grid, block](*args, code, slope, (xd if rd is None else rd).reshape(lay.A, k),
+                            rd is not None, yd.reshape(lay.A, k))
+
+
+def _mask(dyd, yd, lay, act, gd):
+    """``gd = dy * act'(y)`` (the gradient through the activation)."""
+    k = lay.C * lay.B
+    grid, block = _grid.elementwise(lay.A, k)
+    code, slope = elementwise.activation_code(act)
+    elementwise.KERNELS[_ACCUMULATOR[np.dtype(dyd.dtype)]][3][grid, block](
+        dyd.reshape(lay.A, k), yd.reshape(lay.A, k), code, slope, gd.reshape(lay.A, k))
 
 
 def _apply(dyd, xd, lay, mean, coef, training, dxd):
@@ -299,23 +315,28 @@ def normalize(x, lay, mean, invstd, weight, bias, out):
     return _normalize_call(x, lay, mean, invstd, False, 0.0, weight, bias, out)
 
 
-def forward_infer(x, lay, running_mean, running_var, weight, bias, eps, out):
-    return _normalize_call(x, lay, running_mean, running_var, True, eps, weight, bias, out)
+def forward_infer(x, lay, running_mean, running_var, weight, bias, eps, out, act=None,
+                  residual=None):
+    return _normalize_call(x, lay, running_mean, running_var, True, eps, weight, bias, out,
+                           act, residual)
 
 
-def _normalize_call(x, lay, mean, spread, spread_is_var, eps, weight, bias, out):
-    plan = _plan(lay, x, out=out)
+def _normalize_call(x, lay, mean, spread, spread_is_var, eps, weight, bias, out, act=None,
+                    residual=None):
+    plan = _plan(lay, x, out=out, residual=residual)
     yd = _destination(x, out, plan)
     if x.size > 0:
         mean, spread, weight, bias = _vectors_on_device(mean, spread, weight, bias)
         _normalize(_kernel_array(x, plan), plan.lay, mean, spread, spread_is_var, eps, weight,
-                   bias, yd)
+                   bias, yd, act, None if residual is None else _kernel_array(residual, plan))
     return _deliver(yd, x, out, plan)
 
 
-def forward_train(x, lay, weight, bias, eps, out, running_mean, running_var, momentum):
-    """Three launches: moments reduction, per-channel finalize, normalize."""
-    plan = _plan(lay, x, out=out)
+def forward_train(x, lay, weight, bias, eps, out, running_mean, running_var, momentum,
+                  act=None, residual=None):
+    """Three launches: moments reduction, per-channel finalize, normalize (with ``act`` and
+    ``residual`` fused into it)."""
+    plan = _plan(lay, x, out=out, residual=residual)
     saved = rt.empty((2, lay.C), stats_dtype(x.dtype))
     yd = _destination(x, out, plan)
     if lay.C > 0:
@@ -328,7 +349,8 @@ def forward_train(x, lay, weight, bias, eps, out, running_mean, running_var, mom
             *parts, bp, eps, momentum, update,
             run_mean if update else coef[0], run_var if update else coef[1], saved, coef,
         )
-        _normalize(xd, plan.lay, coef[0], coef[1], False, eps, weight, bias, yd)
+        _normalize(xd, plan.lay, coef[0], coef[1], False, eps, weight, bias, yd, act,
+                   None if residual is None else _kernel_array(residual, plan))
         _copy_back(running_mean, run_mean)
         _copy_back(running_var, run_var)
     y = _deliver(yd, x, out, plan)
@@ -403,16 +425,34 @@ def _apply_call(dy, x, lay, mean, coefficients, training, out):
     return _deliver(dxd, x, out, plan)
 
 
-def backward(dy, x, lay, mean, invstd, weight, training, out):
-    """Three launches: sums reduction, per-channel coefficients, apply."""
-    plan = _plan(lay, x, dy=dy, out=out)
+def backward(dy, x, lay, mean, invstd, weight, training, out, act=None, y=None,
+             residual=False):
+    """Three launches: sums reduction, per-channel coefficients, apply.
+
+    With an activation, a first launch writes ``g = dy * act'(y)``, which the
+    three read as their ``dy``; it is the residual's gradient (returned fourth
+    with ``residual``).  Without one, the residual's gradient is ``dy``.
+    """
+    plan = _plan(lay, x, dy=dy, out=out, y=None if act is None else y)
     grad_dtype = np.dtype(weight.dtype) if weight is not None else stats_dtype(x.dtype)
     dxd = _destination(x, out, plan)
+    gd = None
+    if act is not None:
+        gd = rt.empty((plan.lay.A, plan.lay.C, plan.lay.B), x.dtype)
+        if x.size > 0:
+            _mask(_kernel_array(dy, plan), _kernel_array(y, plan), plan.lay, act, gd)
+    elif residual:
+        # dy itself, or a copy when out= is given (it may be dy's memory).
+        gd = _kernel_array(dy, plan)
+        if out is not None:  # it might be dy's memory
+            gd, dyd = rt.empty(gd.shape, gd.dtype), gd
+            gd.copy_to_device(dyd)
     if lay.count == 0 or lay.C == 0:
         grads = rt.to_device(np.zeros((2, lay.C), grad_dtype))
     else:
         grads = rt.empty((2, lay.C), grad_dtype)
-        dyd, xd = _kernel_array(dy, plan), _kernel_array(x, plan)
+        dyd = _kernel_array(dy, plan) if act is None else gd
+        xd = _kernel_array(x, plan)
         mean, invstd, weight_d = _vectors_on_device(mean, invstd, weight)
         parts, bp, (coef,) = _sum_partials(dyd, xd, plan.lay, mean, (3, lay.C))
         _per_channel(finalize.backward_stats, lay.C, parts)(
@@ -421,7 +461,14 @@ def backward(dy, x, lay, mean, invstd, weight, training, out):
         )
         _apply(dyd, xd, plan.lay, mean, coef, training, dxd)
     dx = _deliver(dxd, x, out, plan)
-    return dx, _deliver_vector(grads[0], plan), _deliver_vector(grads[1], plan)
+    result = (dx, _deliver_vector(grads[0], plan), _deliver_vector(grads[1], plan))
+    if not residual:
+        return result
+    if plan.host and act is None:
+        dresidual = dy.copy() if out is not None and np.may_share_memory(out, dy) else dy
+    else:
+        dresidual = _deliver(gd, x, None, plan)
+    return (*result, dresidual)
 
 
 def group_train(x, slay, weight, bias, eps, out):
@@ -590,3 +637,12 @@ def renorm_forward_train(x, lay, weight, bias, eps, out, running_mean, running_v
         _copy_back(running_var, run_var)
     y = _deliver(yd, x, out, plan)
     return (y, *(_deliver_vector(saved[i], plan) for i in range(4)))
+    result = (dx, _deliver_vector(grads[0], plan), _deliver_vector(grads[1], plan))
+    if not residual:
+        return result
+    if plan.host and act is None:
+        dresidual = dy.copy() if out is not None and np.may_share_memory(out, dy) else dy
+    else:
+        dresidual = _deliver(gd, x, None, plan)
+    return (*result, dresidual)
+
