@@ -1,4 +1,5 @@
 """numbabn.ChannelMoments: exact streaming statistics, merges in any order, state, errors."""
+import os
 import pickle
 import threading
 
@@ -313,3 +314,26 @@ def test_one_merge_formula_shared_with_mpi(monkeypatch):
     gathered = np.array([[[2.0, 2.0], [1.0, 1.0], [0.0, 0.0]]] * 3)
     distributed.merge_in_rank_order(gathered)
     assert len(calls) == 3
+
+
+def _rss_file_mib():
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("RssFile")).split()[1]) / 1024
+
+
+@pytest.mark.skipif(not _accumulate._madvise or not os.path.exists("/proc/self/status"),
+                    reason="madvise and /proc (Linux) needed")
+def test_released_pages_leave_resident_memory(tmp_path, monkeypatch):
+    """A 64 MiB memmap read slab by slab: its pages do not stay mapped (they do when kept)."""
+    path = tmp_path / "data.f32"
+    np.random.default_rng(0).standard_normal((64, 4, 65536), dtype=np.float32).tofile(path)
+    monkeypatch.setattr(_accumulate, "SLAB_BYTES", 4 * 2**20)
+    growth = {}
+    for release in (True, False):
+        mm = np.memmap(path, dtype=np.float32, mode="r", shape=(64, 4, 65536))
+        before = _rss_file_mib()
+        nbn.ChannelMoments().update(mm, release_pages=release)
+        growth[release] = _rss_file_mib() - before
+        del mm
+    assert growth[True] < 16, growth
+    assert growth[False] > 48, growth
