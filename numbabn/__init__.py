@@ -26,8 +26,16 @@ from .functional import (
 from .batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .batchrenorm import BatchRenorm, BatchRenorm1d, BatchRenorm2d, BatchRenorm3d
 from .functional_renorm import batch_renorm, batch_renorm_backward, batch_renorm_forward
+from .functional_rows import (
+    layer_norm,
+    layer_norm_backward,
+    layer_norm_forward,
+    rms_norm,
+    rms_norm_backward,
+    rms_norm_forward,
+)
 from .instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
-from .normalization import GroupNorm
+from .normalization import GroupNorm, LayerNorm, RMSNorm
 
 __version__ = "0.1.0"
 
@@ -41,6 +49,8 @@ __all__ = [
     "BatchRenorm2d",
     "BatchRenorm3d",
     "CudaUnavailableError",
+    "LayerNorm",
+    "RMSNorm",
     "GroupNorm",
     "InstanceNorm1d",
     "InstanceNorm2d",
@@ -55,6 +65,9 @@ __all__ = [
     "batch_renorm_forward",
     "channel_moments",
     "cuda_available",
+    "layer_norm",
+    "layer_norm_backward",
+    "layer_norm_forward",
     "group_norm",
     "group_norm_backward",
     "group_norm_forward",
@@ -62,6 +75,9 @@ __all__ = [
     "instance_norm_backward",
     "instance_norm_forward",
     "load",
+    "rms_norm",
+    "rms_norm_backward",
+    "rms_norm_forward",
     "save",
     "sync_batch_norm_backward",
     "sync_batch_norm_forward",

@@ -77,6 +77,14 @@ class Backend(Protocol):
     def group_backward(self, dy, x, slay, mean, invstd, weight, out):
         """Group norm backward with backend-specific kernels ``(dx, dweight, dbias)``, or None."""
 
+    def row_norm_forward(self, x, R, D, weight, bias, eps, centered, out):
+        """Layer norm (``centered``) or RMS norm of x's R rows of D values: ``(y, mean, rstd)``,
+        statistics (R,) in the saved-statistics dtype (``mean`` None for RMS norm)."""
+
+    def row_norm_backward(self, dy, x, R, D, mean, rstd, weight, centered, grad_dtype, out):
+        """Layer norm or RMS norm backward: ``(dx, dweight, dbias)``, gradients (D,) of
+        ``grad_dtype`` (``mean`` None for RMS norm)."""
+
 
 #: The names every backend module defines (the Protocol's members).
 MEMBERS = tuple(

@@ -351,8 +351,8 @@ def build_parser(parser=None):
                         help=f"comma-separated operations out of {','.join(OPS)}")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--norms", default="batch",
-                        help="comma-separated tables out of batch,group,instance (or 'all'); "
-                        "group and instance share one table")
+                        help="comma-separated tables out of batch,group,instance,layer,rms "
+                        "(or 'all'); group and instance share one table, layer and rms another")
     return parser
 
 
@@ -374,9 +374,9 @@ def main(args):
     def progress(text):
         print(text, file=sys.stderr, flush=True)
 
-    norms = {"batch", "group", "instance"} if args.norms == "all" else {
-        n.strip() for n in args.norms.split(",")}
-    unknown = sorted(norms - {"batch", "group", "instance"})
+    known = {"batch", "group", "instance", "layer", "rms"}
+    norms = known if args.norms == "all" else {n.strip() for n in args.norms.split(",")}
+    unknown = sorted(norms - known)
     if unknown:
         print(f"error: unknown normalization(s) {unknown}", file=sys.stderr)
         return 2
@@ -387,6 +387,11 @@ def main(args):
     if norms & {"group", "instance"}:
         report["groups"] = _run_groups(args.quick, np.dtype(args.dtype), budget, copy_bytes,
                                        progress)
+    if norms & {"layer", "rms"}:
+        from . import _bench_rows
+
+        report["rows"] = _bench_rows.run_and_print(args.quick, np.dtype(args.dtype), budget,
+                                                   copy_bytes, progress)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

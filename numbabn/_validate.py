@@ -166,6 +166,90 @@ def training_count(lay, shape, where=""):
         )
 
 
+# -- layer norm and RMS norm -----------------------------------------------------------
+
+def normalized_shape_value(normalized_shape):
+    """``normalized_shape`` (an int or a sequence of ints >= 0) as a tuple of ints."""
+    if isinstance(normalized_shape, numbers.Integral) and not isinstance(
+            normalized_shape, (bool, np.bool_)):
+        normalized_shape = (normalized_shape,)
+    try:
+        dims = tuple(normalized_shape)
+    except TypeError:
+        raise TypeError(
+            f"normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}"
+        ) from None
+    for d in dims:
+        if isinstance(d, (bool, np.bool_)) or not isinstance(d, numbers.Integral):
+            raise TypeError(f"normalized_shape must hold integers, got {normalized_shape!r}")
+    dims = tuple(int(d) for d in dims)
+    if not dims:
+        raise ValueError(
+            "Expected normalized_shape to be at least 1-dimensional, i.e., containing at "
+            "least one element, but got normalized_shape = []"
+        )
+    if min(dims) < 0:
+        raise ValueError(f"normalized_shape must hold sizes >= 0, got {list(dims)}")
+    return dims
+
+
+class Rows(NamedTuple):
+    """An input seen as (R, D): R rows (the leading axes), D values normalized together."""
+
+    R: int
+    D: int
+    lead: tuple  # the leading axes: the shape of the per-row statistics
+
+
+def rows_layout(shape, normalized_shape):
+    """Check that ``normalized_shape`` (a checked tuple) is the trailing part of ``shape``."""
+    shape = tuple(int(s) for s in shape)
+    k = len(normalized_shape)
+    if len(shape) < k or shape[len(shape) - k:] != normalized_shape:
+        expected = "".join(f", {d}" for d in normalized_shape)
+        raise ValueError(
+            f"Given normalized_shape={list(normalized_shape)}, expected input with shape "
+            f"[*{expected}], but got input of size{list(shape)}"
+        )
+    lead = shape[:len(shape) - k]
+    return Rows(R=math.prod(lead), D=math.prod(normalized_shape), lead=lead)
+
+
+def affine_vector(name, v, normalized_shape):
+    """Check an optional per-element weight or bias of shape ``normalized_shape``."""
+    if v is None:
+        return None
+    float_dtype(name, v.dtype)
+    if tuple(v.shape) != tuple(normalized_shape):
+        raise ValueError(
+            f"Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
+            f"{list(v.shape)} and normalized_shape = {list(normalized_shape)}"
+        )
+    return v
+
+
+def row_statistics(name, v, rows):
+    """Check saved per-row statistics: shape ``rows.lead`` (or that with trailing 1s,
+    as ``torch.native_layer_norm`` returns them)."""
+    float_dtype(name, v.dtype)
+    shape = tuple(v.shape)
+    k = len(shape) - len(rows.lead)
+    if shape != rows.lead and not (k > 0 and shape[:len(rows.lead)] == rows.lead
+                                   and all(s == 1 for s in shape[len(rows.lead):])):
+        raise ValueError(
+            f"{name} must have shape {rows.lead} (one value per row), got {shape}"
+        )
+    return v
+
+
+def rows_eps(eps):
+    """eps of layer norm and RMS norm: any real number, as PyTorch (its own sample inputs
+    use eps=-0.5; rows whose variance + eps is negative come out NaN)."""
+    if type(eps) is float:
+        return eps
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a real number, got {eps!r}")
+    return float(eps)
 class SampleLayout(NamedTuple):
     """A per-sample member's input (N, pre..., C, post...) with C in G groups of C // G.
 

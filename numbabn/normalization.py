@@ -1,13 +1,18 @@
-r"""Normalizations with per-sample statistics and no running estimates: group norm.
+r"""Normalizations with per-sample statistics and no running estimates: layer, RMS and group
+normalization (``torch.nn.LayerNorm``, ``RMSNorm``, ``GroupNorm``).
 
-(Layer and RMS normalization, the other members of this family, live here too
-as they arrive.)  The layers are built on :mod:`numbabn.functional` and the
-shared base :mod:`numbabn._module`.
+Every forward normalizes with the statistics of its own input, in training
+and in eval mode alike.  Each layer is a short class over the functional API
+(:mod:`numbabn.functional`, :mod:`numbabn.functional_rows`) on the shared
+base :class:`numbabn._module.Module` (parameters, state dict, ``to()``): call
+the layer, then its ``backward(dy)``, which returns dx and sets
+``grad_weight`` (and ``grad_bias``).
 """
 import numpy as np
 
 from . import _validate as v
 from . import functional as F
+from . import functional_rows as FR
 from ._module import Module, check_axis, check_count
 
 
@@ -113,3 +118,162 @@ class GroupNorm(Module):
     def __repr__(self):
         return (f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, "
                 f"affine={self.affine})")
+
+
+class _RowNorm(Module):
+    """What LayerNorm and RMSNorm share: the normalized shape, the per-element weight,
+    the saved forward and the gradients."""
+
+    def __init__(self, normalized_shape, eps, elementwise_affine, bias, *, dtype):
+        super().__init__(dtype=dtype)
+        self.normalized_shape = v.normalized_shape_value(normalized_shape)
+        self.eps = eps
+        self.elementwise_affine = bool(elementwise_affine)
+        if bias is None:  # RMS norm: a weight and no bias at all
+            self.register_parameter(
+                "weight",
+                np.ones(self.normalized_shape, self.dtype) if self.elementwise_affine else None)
+        else:
+            self.register_affine(self.normalized_shape, self.elementwise_affine, bias)
+
+    def reset_parameters(self):
+        """weight = 1 and bias = 0 (where present)."""
+        for name in self._parameter_names:
+            value = getattr(self, name)
+            if value is not None:
+                value[...] = 1 if name == "weight" else 0
+
+    def _input(self, x):
+        self._saved = None  # a forward that fails leaves nothing for backward to use
+        x = self._host_or_device(x)
+        self._check_placement(x)
+        return x
+
+    def _saved_input(self, dy):
+        if self._saved is None:
+            raise RuntimeError("backward called before forward: call the layer on an input first")
+        x = self._saved[0]
+        dy = self._host_or_device(dy)
+        if tuple(dy.shape) != tuple(x.shape):
+            raise ValueError(
+                f"dy must have the shape of the forward's input {tuple(x.shape)}, "
+                f"got {tuple(dy.shape)}"
+            )
+        return dy
+
+    def extra_repr(self):
+        return (f"{self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}")
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+class LayerNorm(_RowNorm):
+    r"""Layer normalization over the trailing ``normalized_shape`` axes (``torch.nn.LayerNorm``).
+
+    .. math::
+
+        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \odot \gamma + \beta
+
+    The mean and (biased) variance are those of each row (each sample's
+    values over the normalized axes), in training and eval mode alike, so the
+    batch size does not matter.  :math:`\gamma` and :math:`\beta` have one
+    value per element of ``normalized_shape``.
+
+    Parameters
+    ----------
+    normalized_shape : int or tuple of ints
+        The trailing axes normalized together.
+    eps : float, default 1e-5
+    elementwise_affine : bool, default True
+        Learn ``weight`` (ones) and, unless ``bias=False``, ``bias`` (zeros).
+    bias : bool, default True
+    dtype : float16, float32 or float64, keyword-only, default float32
+        Dtype of the parameters.
+
+    Attributes
+    ----------
+    weight, bias : ndarray of shape ``normalized_shape`` or None
+    grad_weight, grad_bias : ndarray of shape ``normalized_shape`` or None
+        Set (overwritten, not accumulated) by :meth:`backward`.
+
+    Shape
+    -----
+    Input: (\*, \*normalized_shape); output: the same.
+    """
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, *,
+                 dtype=np.float32):
+        super().__init__(normalized_shape, v.rows_eps(eps), elementwise_affine, bool(bias),
+                         dtype=dtype)
+
+    def forward(self, x):
+        """Normalize ``x``; the input (a reference, not a copy) is kept for :meth:`backward`."""
+        x = self._input(x)
+        y, mean, invstd = FR.layer_norm_forward(
+            x, self.normalized_shape, self.weight, self.bias, eps=self.eps)
+        self._saved = (x, mean, invstd)
+        return y
+
+    def backward(self, dy):
+        r"""dx of the last forward; sets ``grad_weight`` :math:`= \sum dy\,\hat x` and
+        ``grad_bias`` :math:`= \sum dy` (sums over the rows) where the layer has them."""
+        dy = self._saved_input(dy)
+        x, mean, invstd = self._saved
+        dx, dweight, dbias = FR.layer_norm_backward(
+            dy, x, mean, invstd, self.normalized_shape, self.weight)
+        if self.weight is not None:
+            self.grad_weight = dweight
+        if self.bias is not None:
+            self.grad_bias = dbias
+        return dx
+
+
+class RMSNorm(_RowNorm):
+    r"""Root-mean-square normalization over the trailing axes (``torch.nn.RMSNorm``).
+
+    .. math::
+
+        y = \frac{x}{\sqrt{\frac{1}{D}\sum_j x_j^2 + \epsilon}} \odot \gamma
+
+    over the D values of each row; ``eps=None`` means ``np.finfo(x.dtype).eps``.
+
+    Parameters
+    ----------
+    normalized_shape : int or tuple of ints
+    eps : float or None, default None
+    elementwise_affine : bool, default True
+        Learn ``weight`` (ones).
+    dtype : float16, float32 or float64, keyword-only, default float32
+
+    Attributes
+    ----------
+    weight : ndarray of shape ``normalized_shape`` or None
+    grad_weight : ndarray of shape ``normalized_shape`` or None
+
+    Shape
+    -----
+    Input: (\*, \*normalized_shape); output: the same.
+    """
+
+    def __init__(self, normalized_shape, eps=None, elementwise_affine=True, *,
+                 dtype=np.float32):
+        super().__init__(normalized_shape, None if eps is None else v.rows_eps(eps),
+                         elementwise_affine, None, dtype=dtype)
+
+    def forward(self, x):
+        """Normalize ``x``; the input (a reference, not a copy) is kept for :meth:`backward`."""
+        x = self._input(x)
+        y, invrms = FR.rms_norm_forward(x, self.normalized_shape, self.weight, eps=self.eps)
+        self._saved = (x, invrms)
+        return y
+
+    def backward(self, dy):
+        r"""dx of the last forward; sets ``grad_weight`` :math:`= \sum dy\,\hat x` when affine."""
+        dy = self._saved_input(dy)
+        x, invrms = self._saved
+        dx, dweight = FR.rms_norm_backward(dy, x, invrms, self.normalized_shape, self.weight)
+        if self.weight is not None:
+            self.grad_weight = dweight
+        return dx

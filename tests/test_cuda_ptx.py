@@ -51,6 +51,22 @@ def _signatures():
         (finalize.backward_stats, (PART, PART, I64, F64, _vec(F16), _vec(F32), BOOL, BOOL,
                                    _array(F16, 2), PART)),
     ]
+    return sigs + _row_signatures()
+
+
+def _row_signatures():
+    """Layer norm and RMS norm kernels (numbabn.cuda.rownorm)."""
+    from numbabn.cuda import rownorm
+
+    sigs = [(rownorm.column_sums, (_array(F64, 3), PART))]
+    for x, acc, stats in [(F16, F32, F32), (F32, F32, F32), (F64, F64, F64)]:
+        forward, backward = rownorm.KERNELS[acc]
+        sigs += [
+            (forward, (_array(x, 2), _vec(F64), BOOL, _vec(x), BOOL, F64, BOOL, _array(x, 2),
+                       _array(stats, 2))),
+            (backward, (_array(x, 2), _array(x, 2), _vec(F32), _vec(F64), _vec(x), BOOL, BOOL,
+                        _array(x, 2), _array(F64, 3))),
+        ]
     return sigs
 
 

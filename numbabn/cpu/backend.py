@@ -203,6 +203,8 @@ def backward(dy, x, lay, mean, invstd, weight, training, out):
     return dx, dweight, sum_dy.astype(grad_dtype, copy=False)
 
 
+# Layer norm and RMS norm (per-row statistics, per-element affine).
+from .rownorm_backend import row_norm_backward, row_norm_forward  # noqa: E402,F401
 # -- group norm where the affine is per channel inside a statistics row ------------------
 
 def group_train(x, slay, weight, bias, eps, out):

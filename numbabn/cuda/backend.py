@@ -29,7 +29,7 @@ from numba import float32, float64
 from .. import _channel_math as cm
 from .._dispatch import check_placement
 from .._validate import Layout, stats_dtype
-from . import _grid, elementwise, finalize, reduce
+from . import _grid, elementwise, finalize, reduce, rownorm
 from . import _runtime as rt
 
 name = "cuda"
@@ -441,6 +441,127 @@ def require_c_order(x, what):
             f"{what} reads device arrays in C order; for a channels-last tensor pass its "
             "channels-last view (N, ..., C) with axis=-1, or make a contiguous copy"
         )
+
+
+# -- layer norm and RMS norm (per-row statistics, per-element affine) ---------------
+
+def _rows_array(a, R, D):
+    """``a`` as the row kernels read it: a C-contiguous (R, D) device array (host ones copied)."""
+    if rt.is_device_array(a):
+        return rt.device_view(a).reshape(R, D)
+    return rt.to_device(np.asarray(a)).reshape(R, D)
+
+
+def _row_vectors(D, *vectors):
+    """Per-element vectors (any shape of D values) on the device, flat."""
+    flat = [None if v is None else v if rt.is_device_array(v) else np.asarray(v).reshape(D)
+            for v in vectors]
+    return [None if v is None else rt.device_view(v).reshape(D) if rt.is_device_array(v) else v
+            for v in _vectors_on_device(*flat)]
+
+
+def _row_threads(D):
+    """Threads of a row block: a power of two, no more than the row needs (at least 2)."""
+    threads = 2
+    while threads < D and threads < _grid._threads():
+        threads *= 2
+    return threads
+
+
+def _row_checks(x, **arrays):
+    check_placement(x, **arrays)
+    for name, a in (("x", x), *arrays.items()):
+        if a is not None:
+            require_c_order(a, "layer norm and RMS norm")
+
+
+def _deliver_rows(result, like, out, host):
+    """A full-size result: as ``out``, as NumPy (host input), or as a device array."""
+    if out is not None and not host:
+        return out
+    result = result.reshape(like.shape)
+    if not host:
+        return result
+    array = result.copy_to_host()
+    if out is None:
+        return array
+    out[...] = array
+    return out
+
+
+def row_norm_forward(x, R, D, weight, bias, eps, centered, out):
+    """Layer norm (``centered``) or RMS norm of the rows of ``x``: ``(y, mean, rstd)``.
+
+    Two vectors of R statistics in the statistics dtype (``mean`` is None for
+    RMS norm); one launch, one block per row.
+    """
+    _row_checks(x, out=out)
+    host = not rt.is_device_array(x)
+    dtype = np.dtype(x.dtype)
+    yd = (rt.device_view(out).reshape(R, D) if out is not None and not host
+          else rt.empty((R, D), dtype))
+    sd = stats_dtype(dtype)
+    if R and D:
+        stats = rt.empty((2, R), sd)
+        w, b = _row_vectors(D, weight, bias)
+        forward = rownorm.KERNELS[_ACCUMULATOR[dtype]][0]
+        forward[R, _row_threads(D)](
+            _rows_array(x, R, D), yd if w is None else w, w is not None,
+            yd if b is None else b, b is not None, eps, centered, yd, stats)
+    else:  # PyTorch: empty rows have mean 0 and rstd NaN
+        stats = rt.to_device(np.stack([np.zeros(R, sd), np.full(R, np.nan, sd)]))
+    y = _deliver_rows(yd, x, out, host)
+    mean = _vector_out(stats[0], host) if centered else None
+    return y, mean, _vector_out(stats[1], host)
+
+
+def _vector_out(v, host):
+    return v.copy_to_host() if host else v
+
+
+def row_norm_backward(dy, x, R, D, mean, rstd, weight, centered, grad_dtype, out):
+    """Gradients of layer norm (``centered``) or RMS norm: ``(dx, dweight, dbias)``.
+
+    Two launches: the rows (dx, and per-block column partials), then the
+    column sums of the partials in block order.
+    """
+    _row_checks(x, dy=dy, out=out)
+    host = not rt.is_device_array(x)
+    dtype = np.dtype(x.dtype)
+    dxd = (rt.device_view(out).reshape(R, D) if out is not None and not host
+           else rt.empty((R, D), dtype))
+    if R and D:
+        mean_d, rstd_d, w = _row_vectors_any(R, D, mean, rstd, weight)
+        blocks = min(R, _grid.MAX_GRID_Y, max(1, _grid._target_blocks()))
+        part = rt.empty((blocks, 2, D), np.float64)
+        backward = rownorm.KERNELS[_ACCUMULATOR[dtype]][1]
+        backward[blocks, _row_threads(D)](
+            _rows_array(dy, R, D), _rows_array(x, R, D), rstd_d if mean_d is None else mean_d,
+            rstd_d, rstd_d if w is None else w, w is not None, centered, dxd, part)
+        sums = rt.empty((2, D), np.float64)
+        threads = _grid._threads()
+        rownorm.column_sums[(D + threads - 1) // threads, threads](part, sums)
+        grads = sums if np.dtype(grad_dtype) == np.float64 else _cast(sums, grad_dtype)
+    else:
+        grads = rt.to_device(np.zeros((2, D), grad_dtype))
+    dx = _deliver_rows(dxd, x, out, host)
+    return dx, _vector_out(grads[0], host), _vector_out(grads[1], host)
+
+
+def _row_vectors_any(R, D, mean, rstd, weight):
+    """Saved statistics (R values, any shape) and the weight (D values) on the device."""
+    stats = [None if v is None else v if rt.is_device_array(v) else np.asarray(v).reshape(R)
+             for v in (mean, rstd)]
+    mean_d, rstd_d = [
+        None if v is None else rt.device_view(v).reshape(R) if rt.is_device_array(v) else v
+        for v in _vectors_on_device(*stats)]
+    (w,) = _row_vectors(D, weight)
+    return mean_d, rstd_d, w
+
+
+def _cast(a, dtype):
+    """A device copy of ``a`` in ``dtype`` (small: the (2, D) gradients)."""
+    return rt.to_device(a.copy_to_host().astype(dtype))
 
 
 def renorm_forward_train(x, lay, weight, bias, eps, out, running_mean, running_var, momentum,
