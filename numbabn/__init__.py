@@ -3,6 +3,7 @@
 Importing the package compiles nothing; kernels compile on first use and are
 cached on disk.
 """
+from ._accumulate import ChannelMoments
 from ._dispatch import CudaUnavailableError, cuda_available
 from ._state_io import load, save
 from .distributed import (
@@ -24,8 +25,6 @@ from .functional import (
     instance_norm_forward,
 )
 from .batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
-from .batchrenorm import BatchRenorm, BatchRenorm1d, BatchRenorm2d, BatchRenorm3d
-from .functional_renorm import batch_renorm, batch_renorm_backward, batch_renorm_forward
 from .functional_rows import (
     layer_norm,
     layer_norm_backward,
@@ -34,6 +33,9 @@ from .functional_rows import (
     rms_norm_backward,
     rms_norm_forward,
 )
+
+from .batchrenorm import BatchRenorm, BatchRenorm1d, BatchRenorm2d, BatchRenorm3d
+from .functional_renorm import batch_renorm, batch_renorm_backward, batch_renorm_forward
 from .instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from .normalization import GroupNorm, LayerNorm, RMSNorm
 
@@ -48,6 +50,7 @@ __all__ = [
     "BatchRenorm1d",
     "BatchRenorm2d",
     "BatchRenorm3d",
+    "ChannelMoments",
     "CudaUnavailableError",
     "LayerNorm",
     "RMSNorm",

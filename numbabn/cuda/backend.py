@@ -562,8 +562,6 @@ def _row_vectors_any(R, D, mean, rstd, weight):
 def _cast(a, dtype):
     """A device copy of ``a`` in ``dtype`` (small: the (2, D) gradients)."""
     return rt.to_device(a.copy_to_host().astype(dtype))
-
-
 def renorm_forward_train(x, lay, weight, bias, eps, out, running_mean, running_var, momentum,
                          rmax, dmax):
     """Batch renormalization: three launches (moments, renorm finalize, normalize).
