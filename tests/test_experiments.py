@@ -112,29 +112,6 @@ def test_rnn_gradients_match_finite_differences(rng, cell):
         np.testing.assert_allclose(g, numeric, rtol=1e-4, atol=1e-7)
 
 
-def test_layer_norm_stand_in_gradients(rng):
-    """The NumPy LayerNorm stand-in (used until numbabn.LayerNorm lands) is itself correct."""
-    layer = nets._NumpyLayerNorm(4, dtype=np.float64)
-    layer.weight[...] = rng.uniform(0.5, 1.5, 4)
-    x = rng.standard_normal((3, 4)) * 3 + 1
-    dy = rng.standard_normal((3, 4))
-    layer.bias[...] = rng.standard_normal(4)
-    xhat = (layer(x) - layer.bias) / layer.weight
-    np.testing.assert_allclose(xhat.mean(axis=1), 0, atol=1e-12)
-    np.testing.assert_allclose(xhat.var(axis=1), 1, rtol=1e-5)
-    dx = layer.backward(dy)
-    np.testing.assert_allclose(layer.grad_weight, (dy * xhat).sum(axis=0), rtol=1e-12)
-    np.testing.assert_allclose(layer.grad_bias, dy.sum(axis=0), rtol=1e-12)
-    h = 1e-6
-    numeric = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        up, down = x.copy(), x.copy()
-        up[i] += h
-        down[i] -= h
-        numeric[i] = ((layer.forward(up) - layer.forward(down)) * dy).sum() / (2 * h)
-    np.testing.assert_allclose(dx, numeric, rtol=1e-6, atol=1e-8)
-
-
 @pytest.mark.parametrize("cell", ["LayerNorm", "BatchNorm1d"])
 def test_rnn_steps_share_the_norm_parameters_but_not_the_statistics(cell):
     net = rnn.RNNClassifier(8, 6, 10, 4, cell, seed=0)

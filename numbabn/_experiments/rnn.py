@@ -189,7 +189,6 @@ def main(out="numbabn-rnn.png", epochs=30, seed=0, quick=False):
           f"{epochs} epochs, {len(y_train)} training / {len(y_test)} test digits, seed {seed}, "
           f"{time.perf_counter() - start:.1f} s\n")
     print(table(results, epochs))
-    nets.print_stand_ins()
     plot(results, out)
     print(f"\nplot saved to {out}")
     return 0

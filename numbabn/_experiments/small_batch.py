@@ -147,7 +147,6 @@ def main(out="numbabn-small-batch.png", epochs=20, seed=0, quick=False):
     print("Test accuracy, model in inference mode (running statistics for batch norm and "
           "batch renorm):\n")
     print(table(results))
-    nets.print_stand_ins()
     plot(results, out, f"digits MLP, {epochs} epochs: normalization vs batch size")
     print(f"\nplot saved to {out}")
     return 0
