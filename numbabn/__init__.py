@@ -3,6 +3,7 @@
 Importing the package compiles nothing; kernels compile on first use and are
 cached on disk.
 """
+from ._accumulate import ChannelMoments
 from ._dispatch import CudaUnavailableError, cuda_available
 from ._state_io import load, save
 from .distributed import (
@@ -33,6 +34,8 @@ from .functional_rows import (
     rms_norm_forward,
 )
 
+from .batchrenorm import BatchRenorm, BatchRenorm1d, BatchRenorm2d, BatchRenorm3d
+from .functional_renorm import batch_renorm, batch_renorm_backward, batch_renorm_forward
 from .instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from .normalization import GroupNorm, LayerNorm, RMSNorm
 
@@ -43,6 +46,11 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "BatchRenorm",
+    "BatchRenorm1d",
+    "BatchRenorm2d",
+    "BatchRenorm3d",
+    "ChannelMoments",
     "CudaUnavailableError",
     "LayerNorm",
     "RMSNorm",
@@ -55,6 +63,9 @@ __all__ = [
     "batch_norm",
     "batch_norm_backward",
     "batch_norm_forward",
+    "batch_renorm",
+    "batch_renorm_backward",
+    "batch_renorm_forward",
     "channel_moments",
     "cuda_available",
     "layer_norm",

@@ -66,6 +66,11 @@ class Backend(Protocol):
     def backward(self, dy, x, lay, mean, invstd, weight, training, out):
         """Batch-norm backward: ``(dx, dweight, dbias)``."""
 
+    def renorm_forward_train(self, x, lay, weight, bias, eps, out, running_mean, running_var,
+                             momentum, rmax, dmax):
+        """Batch renormalization's training forward: ``(y, mean, invstd, r, d)``; running
+        buffers (required) read for r and d, then updated last."""
+
     def group_train(self, x, slay, weight, bias, eps, out):
         """Group norm forward with backend-specific kernels ``(y, mean, m2)``, or None."""
 

@@ -353,10 +353,17 @@ def build_parser(parser=None):
     parser.add_argument("--norms", default="batch",
                         help="comma-separated tables out of batch,group,instance,layer,rms "
                         "(or 'all'); group and instance share one table, layer and rms another")
+    from . import _bench_dask
+
+    _bench_dask.add_arguments(parser)  # --dask and its options
     return parser
 
 
 def main(args):
+    if getattr(args, "dask", False):
+        from . import _bench_dask
+
+        return _bench_dask.main(args)
     try:
         cases = (parse_shapes(args.shapes) if args.shapes
                  else default_cases(QUICK_SHAPES if args.quick else DEFAULT_SHAPES))

@@ -35,6 +35,27 @@ def chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     return n, mean, m2
 
 
+def chan_merge_in_order(summaries, channels):
+    r"""Merge ``(count, mean, M2)`` summaries one after the other with :func:`chan_merge`.
+
+    .. math::
+
+        (n, \bar x, M_2) \leftarrow \mathrm{merge}\big((n, \bar x, M_2),\,
+        (n_k, \bar x_k, M_{2,k})\big), \qquad k = 0, 1, \dots
+
+    starting from the empty summary ``(0, 0, 0)``.  ``summaries`` is an
+    iterable of ``(count, mean, m2)`` with scalar counts and (C,) float64
+    vectors; the order is the caller's (MPI ranks in rank order, the pieces
+    of a streamed batch, a Dask reduction's chunks), so the result is
+    reproducible.  Returns ``(count, mean, m2)``; the vectors may be those of a
+    summary when every other count is 0 (they are never written).
+    """
+    count, mean, m2 = 0, np.zeros(channels), np.zeros(channels)
+    for n_b, mean_b, m2_b in summaries:
+        count, mean, m2 = chan_merge(count, mean, m2, n_b, mean_b, m2_b)
+    return count, mean, m2
+
+
 def invstd_from_var(var, eps):
     r""":math:`\sigma^{-1} = 1 / \sqrt{\mathrm{var} + \epsilon}`."""
     return 1.0 / np.sqrt(var + eps)

@@ -33,14 +33,26 @@ class Layout(NamedTuple):
         return self.A * self.B
 
 
+def native(dtype):
+    """``dtype`` in the machine's byte order (``>f4`` is float32 on a little-endian machine)."""
+    dtype = np.dtype(dtype)
+    return dtype if dtype.isnative else dtype.newbyteorder("=")
+
+
 def float_dtype(name, dtype):
-    """Return ``dtype`` if it is float16/32/64, else raise ``TypeError``."""
+    """Return the native dtype of a float16/32/64 ``dtype``, else raise ``TypeError``.
+
+    Either byte order is accepted (data read from FITS, netCDF or HDF5 files
+    is often big-endian).  The dtype returned is the native one, which is what
+    the kernels read: a caller converts its array when the two differ.
+    """
     if dtype is _F32 or dtype is _F64 or dtype is _F16:
         return dtype
-    dtype = np.dtype(dtype)
+    found = np.dtype(dtype)
+    dtype = native(found)
     if dtype not in SUPPORTED_DTYPES:
         raise TypeError(
-            f"{name} must have a floating dtype (float16, float32 or float64), got {dtype}"
+            f"{name} must have a floating dtype (float16, float32 or float64), got {found}"
         )
     return dtype
 
@@ -49,14 +61,15 @@ def stats_dtype(dtype):
     """Dtype of saved statistics and default gradients: float64 for float64, else float32."""
     if dtype is _F64 or dtype is _F32:
         return dtype
-    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+    return _F64 if native(dtype) == _F64 else _F32
 
 
 def compute_dtype(dtype):
-    """Dtype the kernels read and write: float16 is widened to float32."""
+    """Dtype the kernels read and write, native: float16 is widened to float32."""
     if dtype is _F32 or dtype is _F64:
         return dtype
-    return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
+    dtype = native(dtype)
+    return _F32 if dtype == _F16 else dtype
 
 
 #: Layouts already checked, by (shape, axis) with a plain-int axis (a few per model).
@@ -122,7 +135,7 @@ def out_array(out, shape, dtype):
     if not hasattr(out, "shape") or not hasattr(out, "dtype"):
         raise ValueError(f"out must be an array, got {type(out).__name__}")
     same_shape("out", out, shape)
-    if np.dtype(out.dtype) != np.dtype(dtype):
+    if native(out.dtype) != native(dtype):  # either byte order: the result is converted into it
         raise ValueError(f"out must have dtype {np.dtype(dtype)}, got {np.dtype(out.dtype)}")
     writeable("out", out)
     return out

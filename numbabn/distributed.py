@@ -45,8 +45,8 @@ import numpy as np
 from . import _channel_math as cm
 from . import _validate as v
 from ._dispatch import select_backend
-from .functional import _backward_inputs, _float_input, _training_inputs
 from .batchnorm import BatchNorm
+from .functional import _backward_inputs, _float_input, _training_inputs, _update_running
 
 #: The count a rank sends in place of its statistics when it rejected its input.
 _REJECTED = -1.0
@@ -119,7 +119,7 @@ def sync_batch_norm_forward(x, weight=None, bias=None, *, comm, eps=1e-5, axis=1
     invstd = cm.invstd_from_var(m2 / count, eps)
     y = backend.normalize(x, lay, mean, invstd, weight, bias, out)
     if running_mean is not None:
-        backend.update_running(running_mean, running_var, mean, m2, count, momentum)
+        _update_running(backend, running_mean, running_var, mean, m2, count, momentum)
     dtype = v.stats_dtype(x.dtype)
     return y, mean.astype(dtype), invstd.astype(dtype)
 
@@ -157,10 +157,9 @@ def merge_in_rank_order(gathered):
     """
     counts = gathered[:, 0, 0]
     _raise_if_rejected(np.flatnonzero(counts == _REJECTED))
-    count, mean, m2 = 0.0, np.zeros(gathered.shape[2]), np.zeros(gathered.shape[2])
-    for rank_count, rank_mean, rank_m2 in zip(counts, gathered[:, 1], gathered[:, 2]):
-        count, mean, m2 = cm.chan_merge(count, mean, m2, rank_count, rank_mean, rank_m2)
-    return count, mean, m2
+    count, mean, m2 = cm.chan_merge_in_order(
+        zip(counts, gathered[:, 1], gathered[:, 2]), gathered.shape[2])
+    return float(count), mean, m2
 
 
 def _raise_if_rejected(ranks):

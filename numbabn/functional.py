@@ -13,23 +13,54 @@ from ._dispatch import is_device_array, select_backend
 from ._validate import stats_dtype
 
 
-def _float_input(backend, name, a):
+def _float_input(backend, name, a, convert=True):
+    """``a`` as an array of a supported float dtype, converted to native byte order if needed.
+
+    A big-endian host array (``>f4``, as FITS files hold) becomes a native copy,
+    as the kernels would make one anyway; results are then native too.
+    """
     if type(a) is np.ndarray:  # the common case: nothing to convert
-        v.float_dtype(name, a.dtype)
-        return a
+        dtype = v.float_dtype(name, a.dtype)
+        return a if dtype is a.dtype or not convert else _native_copy(name, a, dtype)
     try:
         a = backend.asarray(a)
     except (TypeError, ValueError) as err:
         raise TypeError(f"{name} must be an array of floats, got {type(a).__name__}") from err
-    v.float_dtype(name, a.dtype)
-    return a
+    dtype = v.float_dtype(name, a.dtype)
+    return a if dtype == a.dtype or not convert else _native_copy(name, a, dtype)
 
 
-def _channel_input(backend, name, vec, lay):
-    """Convert and check an optional per-channel vector."""
+def _native_copy(name, a, dtype):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} is a device array in non-native byte order ({a.dtype}); "
+                        "convert it to native byte order first")
+    return a.astype(dtype)
+
+
+def _native_buffer(buffer):
+    """A running buffer the kernels can update: itself, or a native copy for ``>f4`` ones.
+
+    A copy is written back by :func:`_write_back` once the call has succeeded.
+    """
+    if buffer is None or not isinstance(buffer, np.ndarray) or buffer.dtype.isnative:
+        return buffer
+    return buffer.astype(v.native(buffer.dtype))
+
+
+def _write_back(buffer, updated):
+    if updated is not buffer:
+        buffer[...] = updated
+
+
+def _channel_input(backend, name, vec, lay, convert=True):
+    """Convert and check an optional per-channel vector.
+
+    Running buffers are updated in place, so they keep their byte order
+    (``convert=False``); :func:`_update_running` works on native copies.
+    """
     if vec is None:
         return None
-    return v.channel_vector(name, _float_input(backend, name, vec), lay.C)
+    return v.channel_vector(name, _float_input(backend, name, vec, convert), lay.C)
 
 
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
@@ -87,8 +118,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
     backend = select_backend(device, x, None, out)
     x = _float_input(backend, "x", x)
     lay = v.layout(x.shape, axis)
-    running_mean = _channel_input(backend, "running_mean", running_mean, lay)
-    running_var = _channel_input(backend, "running_var", running_var, lay)
+    running_mean = _channel_input(backend, "running_mean", running_mean, lay, convert=False)
+    running_var = _channel_input(backend, "running_var", running_var, lay, convert=False)
     weight = _channel_input(backend, "weight", weight, lay)
     bias = _channel_input(backend, "bias", bias, lay)
     eps = v.eps_value(eps)
@@ -98,9 +129,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
         if lay.count == 0:
             return _empty_batch(backend, x, lay, out)[0]
         v.training_count(lay, x.shape)
-        y, _, _ = backend.forward_train(
-            x, lay, weight, bias, eps, out, running_mean, running_var, momentum
-        )
+        y, _, _ = _forward_train(
+            backend, x, lay, weight, bias, eps, out, running_mean, running_var, momentum)
         return y
     if running_mean is None or running_var is None:
         raise ValueError(
@@ -138,8 +168,25 @@ def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=1, out=None,
     if lay.count == 0:
         return _empty_batch(backend, x, lay, out)
     v.training_count(lay, x.shape)
-    return backend.forward_train(x, lay, weight, bias, eps, out, running_mean, running_var,
-                                 momentum)
+    return _forward_train(backend, x, lay, weight, bias, eps, out, running_mean, running_var,
+                          momentum)
+
+
+def _forward_train(backend, x, lay, weight, bias, eps, out, running_mean, running_var, momentum):
+    """``backend.forward_train``, with big-endian running buffers updated through native copies."""
+    rm, rv = _native_buffer(running_mean), _native_buffer(running_var)
+    result = backend.forward_train(x, lay, weight, bias, eps, out, rm, rv, momentum)
+    _write_back(running_mean, rm)
+    _write_back(running_var, rv)
+    return result
+
+
+def _update_running(backend, running_mean, running_var, mean, m2, count, momentum):
+    """``backend.update_running`` for buffers of either byte order (here and in the MPI layer)."""
+    rm, rv = _native_buffer(running_mean), _native_buffer(running_var)
+    backend.update_running(rm, rv, mean, m2, count, momentum)
+    _write_back(running_mean, rm)
+    _write_back(running_var, rv)
 
 
 def _empty_batch(backend, x, lay, out):
@@ -158,8 +205,8 @@ def _training_inputs(backend, lay, x, weight, bias, running_mean, running_var, e
     """Check a training forward's arguments other than ``x`` (here and in the MPI layer)."""
     weight = _channel_input(backend, "weight", weight, lay)
     bias = _channel_input(backend, "bias", bias, lay)
-    running_mean = _channel_input(backend, "running_mean", running_mean, lay)
-    running_var = _channel_input(backend, "running_var", running_var, lay)
+    running_mean = _channel_input(backend, "running_mean", running_mean, lay, convert=False)
+    running_var = _channel_input(backend, "running_var", running_var, lay, convert=False)
     eps = v.eps_value(eps)
     out = v.out_array(out, x.shape, x.dtype)
     momentum = _check_running(running_mean, running_var, momentum)
@@ -263,9 +310,9 @@ def _sample_forward_inputs(backend, x, axis, groups, min_rank, weight, bias, run
                            running_var, eps, out):
     """Check a per-sample member's forward arguments; running buffers may be None."""
     x, slay = _sample_input(backend, x, axis, groups, min_rank)
-    vectors = [_channel_input(backend, name, vec, slay) for name, vec in (
-        ("weight", weight), ("bias", bias), ("running_mean", running_mean),
-        ("running_var", running_var))]
+    vectors = [_channel_input(backend, name, vec, slay, convert) for name, vec, convert in (
+        ("weight", weight, True), ("bias", bias, True), ("running_mean", running_mean, False),
+        ("running_var", running_var, False))]
     return (x, slay, *vectors, v.eps_value(eps), v.out_array(out, x.shape, x.dtype))
 
 
@@ -507,8 +554,8 @@ def instance_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=1, out=No
     y, mean, invstd, m2 = _engine.forward_train(backend, x, slay, weight, bias, eps, out)
     if running_mean is not None:
         # The batch mean of per-instance unbiased variances is that of their M2 over M - 1.
-        backend.update_running(running_mean, running_var, mean.mean(axis=0), m2.mean(axis=0),
-                               slay.count, momentum)
+        _update_running(backend, running_mean, running_var, mean.mean(axis=0),
+                        m2.mean(axis=0), slay.count, momentum)
     return (y,) + _engine.deliver_stats(backend, x, mean, invstd)
 
 

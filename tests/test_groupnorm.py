@@ -260,3 +260,16 @@ def test_instance_norm_empty_batch_leaves_running_buffers():
     assert y.shape == (0, 3, 4)
     np.testing.assert_array_equal(rm, 0)
     np.testing.assert_array_equal(rv, 1)
+
+
+def test_big_endian_input_and_buffers(rng):
+    x = _data(rng, (3, 4, 5), np.float64)
+    xb = x.astype(">f8")
+    rm, rv = np.zeros(4, ">f8"), np.ones(4, ">f8")
+    rm_native, rv_native = np.zeros(4), np.ones(4)
+    out = np.empty_like(xb)
+    assert nbn.instance_norm(xb, rm, rv, out=out) is out
+    np.testing.assert_array_equal(out, nbn.instance_norm(x, rm_native, rv_native))
+    np.testing.assert_array_equal(rm, rm_native)
+    np.testing.assert_array_equal(rv, rv_native)
+    np.testing.assert_array_equal(nbn.group_norm(xb, 2), nbn.group_norm(x, 2))

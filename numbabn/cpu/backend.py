@@ -245,3 +245,25 @@ def group_backward(dy, x, slay, mean, invstd, weight, out):
     s = seg_s.reshape(slay.N, slay.C)
     p = seg_p.reshape(slay.N, slay.G, cpg) * invstd.reshape(slay.N, slay.G, 1)
     return dx, p.reshape(slay.N, slay.C).sum(axis=0), s.sum(axis=0)
+
+
+def renorm_forward_train(x, lay, weight, bias, eps, out, running_mean, running_var, momentum,
+                         rmax, dmax):
+    """Batch renormalization's training forward: ``(y, mean, invstd, r, d)``.
+
+    One fused kernel call (:mod:`numbabn.cpu.renorm`: batch norm's loops, with r
+    and d folded into each channel's scale and shift), then batch norm's
+    running update.
+    """
+    from . import renorm as _renorm
+
+    x3 = _view3(x, lay)
+    y3, direct = _output3(out, lay, x3.dtype, x3)
+    stats = _renorm.renorm_train(
+        x3, _native_vector(running_mean), _native_vector(running_var),
+        _vector_or(weight, 1.0, lay.C), _vector_or(bias, 0.0, lay.C), eps, rmax, dmax, y3)
+    y = _finish(y3, direct, x, out)
+    mean, m2 = stats[0], stats[1]
+    update_running(running_mean, running_var, mean, m2, lay.count, momentum)
+    dtype = stats_dtype(x.dtype)
+    return (y, *(stats[i].astype(dtype, copy=False) for i in (0, 2, 3, 4)))

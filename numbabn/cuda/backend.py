@@ -562,3 +562,31 @@ def _row_vectors_any(R, D, mean, rstd, weight):
 def _cast(a, dtype):
     """A device copy of ``a`` in ``dtype`` (small: the (2, D) gradients)."""
     return rt.to_device(a.copy_to_host().astype(dtype))
+def renorm_forward_train(x, lay, weight, bias, eps, out, running_mean, running_var, momentum,
+                         rmax, dmax):
+    """Batch renormalization: three launches (moments, renorm finalize, normalize).
+
+    r and d fold into the normalize kernel's weight and bias (γ·r, β + γ·d);
+    the running buffers are blended on the device as batch norm's finalize
+    blends them.  Returns ``(y, mean, invstd, r, d)``.
+    """
+    from . import renorm
+
+    plan = _plan(lay, x, out=out)
+    saved = rt.empty((4, lay.C), stats_dtype(x.dtype))
+    yd = _destination(x, out, plan)
+    if lay.C > 0:
+        xd = _kernel_array(x, plan)
+        weight, bias, run_mean, run_var = _vectors_on_device(
+            weight, bias, running_mean, running_var)
+        parts, bp, (coef,) = _moment_partials(xd, plan.lay, (4, lay.C))
+        _per_channel(renorm.renorm_stats, lay.C, parts)(
+            *parts, bp, eps, momentum, float(rmax), float(dmax), run_mean, run_var,
+            coef[0] if weight is None else weight, weight is not None,
+            coef[0] if bias is None else bias, bias is not None, saved, coef,
+        )
+        _normalize(xd, plan.lay, coef[0], coef[1], False, eps, coef[2], coef[3], yd)
+        _copy_back(running_mean, run_mean)
+        _copy_back(running_var, run_var)
+    y = _deliver(yd, x, out, plan)
+    return (y, *(_deliver_vector(saved[i], plan) for i in range(4)))
