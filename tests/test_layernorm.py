@@ -301,3 +301,18 @@ def test_layer_state_dict_save_and_load(rng, tmp_path):
     with pytest.raises(ValueError, match="shape"):
         other.load_state_dict({"weight": np.ones(5, np.float32), "bias": np.ones(6, np.float32)})
     np.testing.assert_array_equal(other.weight, layer.weight)
+
+
+def test_big_endian_input_gives_the_native_results(rng):
+    x = (1e4 + rng.standard_normal((5, 12))).astype(np.float32)
+    w = rng.uniform(0.5, 1.5, 12).astype(np.float32)
+    other = ">" if np.little_endian else "<"
+    xs, ws = x.astype(x.dtype.newbyteorder(other)), w.astype(w.dtype.newbyteorder(other))
+    y, mean, invstd = nbn.layer_norm_forward(xs, 12, ws, ws)
+    expected = nbn.layer_norm_forward(x, 12, w, w)
+    for got, want in zip((y, mean, invstd), expected):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(nbn.rms_norm(xs, 12, ws), nbn.rms_norm(x, 12, w))
+    for got, want in zip(nbn.layer_norm_backward(xs, xs, mean, invstd, 12, ws),
+                         nbn.layer_norm_backward(x, x, mean, invstd, 12, w)):
+        np.testing.assert_array_equal(got, want)
