@@ -31,8 +31,11 @@ def _signatures():
 
     sigs = []
     for x, acc in [(F16, F32), (F32, F32), (F64, F64)]:
-        normalize, backward_apply = elementwise.KERNELS[acc]
+        normalize, backward_apply, normalize_fused, mask_grad = elementwise.KERNELS[acc]
         sigs += [
+            (normalize_fused, (_array(x, 2), I64, _vec(F64), _vec(F16), BOOL, F64, _vec(x), BOOL,
+                               _vec(F64), BOOL, I64, F64, _array(x, 2), BOOL, _array(x, 2))),
+            (mask_grad, (_array(x, 2), _array(x, 2), I64, F64, _array(x, 2))),
             (reduce.moments_planes, (_array(x, 3), PART, PART, PART)),
             (reduce.moments_rows, (_array(x, 2), PART, PART, PART)),
             (reduce.sums_planes, (_array(x, 3), _array(x, 3), _vec(F64), PART, PART)),
