@@ -186,10 +186,10 @@ def _activation(activation, negative_slope):
     """
     if activation is None:
         return None
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     if activation == "relu":
         return True
-    if activation != "leaky_relu":
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     if isinstance(negative_slope, (bool, np.bool_)) or not isinstance(negative_slope,
                                                                         numbers.Real):
         raise TypeError(f"negative_slope must be a real number, got {negative_slope!r}")

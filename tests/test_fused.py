@@ -331,3 +331,24 @@ def test_sync_batch_norm_refuses_a_fused_training_forward(rng):
     np.testing.assert_array_equal(plain(x), nbn.BatchNorm1d(4)(x))  # the plain path works
     layer.eval()  # inference needs no synchronization: it fuses
     np.testing.assert_array_equal(layer(x), np.maximum(nbn.BatchNorm1d(4).eval()(x), 0))
+
+
+# --- the bench rows ----------------------------------------------------------------------
+
+def test_bench_fused_rows_time_equal_computations():
+    """The fused and unfused contenders of `python -m numbabn bench` compute the same thing."""
+    from numbabn import _bench, _bench_fused
+
+    case = _bench.parse_shapes("6x4x5x5")[0]
+    inp = _bench.Inputs(case, np.float32)
+    out, tmp = np.empty_like(inp.x), np.empty_like(inp.x)
+    z, y, ops = _bench_fused._ops(inp, out, tmp)
+    for op in _bench_fused.FUSED_OPS:
+        fused = ops[op]["fused"]()
+        fused = fused[0] if isinstance(fused, tuple) else fused
+        ops[op]["unfused_out"]()
+        np.testing.assert_array_equal(fused, out)
+    results = _bench_fused.run([case], np.float32, 0.0, progress=lambda text: None)
+    assert [r["op"] for r in results] == list(_bench_fused.FUSED_OPS)
+    assert all(r["speedup_vs_unfused"] > 0 for r in results)
+    assert "res_relu" in _bench_fused.format_table(results)

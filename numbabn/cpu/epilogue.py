@@ -34,7 +34,7 @@ code Numba compiles (no branch in the loops): ``None`` for none, ``True``
 compile to the plain loads and stores, so the unfused kernels are unchanged.
 """
 from numba import types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 # The functions below are specifications for Python readers; Numba compiles
 # the overloads that follow each one, chosen by the argument types.
@@ -57,6 +57,22 @@ def keep(dr, i, g):
 
 def _is_none(t):
     return t is None or isinstance(t, types.NoneType)
+
+
+@intrinsic
+def _select(typingctx, cond, a, b):
+    """``a if cond else b`` as one LLVM ``select``.
+
+    A conditional expression inlined into a ``prange`` body leaves a phi node
+    that Numba's parallel passes warn about (NumbaIRAssumptionWarning); a
+    select is no branch at all, and vectorizes the same.
+    """
+    if not isinstance(cond, types.Boolean) or a != b:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.select(*args)
+    return a(cond, a, b), codegen
 
 
 @overload(view, inline="always")
@@ -84,22 +100,22 @@ def _store(y, i, v, act, r):
             def relu_store(y, i, v, act, r):
                 w = dt(v)
                 # Not ``max``: a NaN stays NaN (np.maximum and torch.relu propagate it).
-                y[i] = dt(0) if w < 0 else w
+                y[i] = _select(w < 0, dt(0), w)
             return relu_store
 
         def leaky_store(y, i, v, act, r):
             w = dt(v)
-            y[i] = w if w > 0 else w * dt(act)
+            y[i] = _select(w > 0, w, w * dt(act))
         return leaky_store
     if relu:
         def relu_add(y, i, v, act, r):
             w = dt(v) + r[i]
-            y[i] = dt(0) if w < 0 else w
+            y[i] = _select(w < 0, dt(0), w)
         return relu_add
 
     def leaky_add(y, i, v, act, r):
         w = dt(v) + r[i]
-        y[i] = w if w > 0 else w * dt(act)
+        y[i] = _select(w > 0, w, w * dt(act))
     return leaky_add
 
 
@@ -110,11 +126,12 @@ def _grad(dy, i, y, act):
     dt = dy.dtype
     if isinstance(act, types.Boolean):
         def relu(dy, i, y, act):
-            return dt(0) if y[i] <= 0 else dy[i]
+            return _select(y[i] <= 0, dt(0), dy[i])
         return relu
 
     def leaky(dy, i, y, act):
-        return dy[i] if y[i] > 0 else dy[i] * dt(act)
+        d = dy[i]
+        return _select(y[i] > 0, d, d * dt(act))
     return leaky
 
 
