@@ -32,6 +32,7 @@ the split paths agree bit for bit.
 import numpy as np
 from numba import float64, njit, prange, uint64
 
+from . import formulas
 from ._chunks import (
     BLOCKS_MAX_B, CHANNEL_JOBS_MIN_C, ROWS_MAX_B, channel_blocks, channel_pieces, channel_runs,
     job_index, lanes_for, piece_bounds, plane_pieces, row_pieces, serial,
@@ -121,11 +122,10 @@ def channel_planes_sums(dy, x, c, mu, apply, act, y):
 
 @njit(cache=True)
 def coefficients(invstd, weight, sum_dy, sum_dy_xmu, m, training):
-    """``(k_dy, k_x, k_0)`` of one channel, as :func:`numbabn._channel_math.backward_coefficients`."""
-    k_dy = invstd * weight
+    """``(k_dy, k_x, k_0)`` of one channel (:func:`numbabn._formulas.backward_coefficients`)."""
     if not training:
-        return k_dy, 0.0, 0.0
-    return k_dy, -k_dy * invstd * invstd * (sum_dy_xmu / m), -k_dy * (sum_dy / m)
+        return invstd * weight, 0.0, 0.0
+    return formulas.backward_coefficients(invstd, weight, sum_dy, sum_dy_xmu, m)
 
 
 @njit(cache=True)

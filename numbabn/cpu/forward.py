@@ -34,6 +34,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._channel_math import blend_running
+from . import formulas
 from ._chunks import BLOCKS_MAX_B, ROWS_MAX_B, channel_blocks, channel_runs, row_pieces, serial
 from .moments import _moments_rows, _moments_rows_serial, block_moments, channel_planes_moments
 from .normalize import normalize_block, normalize_channel, normalize_rows_piece
@@ -41,10 +42,10 @@ from .normalize import normalize_block, normalize_channel, normalize_rows_piece
 
 @njit(cache=True)
 def affine_from_moments(mu, m2, count, weight, bias, eps):
-    """``(invstd, scale, shift)`` of one channel, as in :mod:`numbabn._channel_math`."""
-    invstd = 1.0 / np.sqrt(m2 / count + eps)
-    scale = invstd * weight
-    return invstd, scale, bias - mu * scale
+    """``(invstd, scale, shift)`` of one channel (the formulas of :mod:`numbabn._formulas`)."""
+    r = formulas.invstd(m2 / count, eps)
+    scale, shift = formulas.affine(mu, r, weight, bias)
+    return r, scale, shift
 
 
 @njit(cache=True)

@@ -24,7 +24,7 @@ large common offset (``1e4 + N(0, 1)``) costs no accuracy.
 import numpy as np
 from numba import float64, njit, prange, uint64
 
-from .. import _channel_math
+from . import formulas
 from .epilogue import store
 from ._chunks import (
     BLOCKS_MAX_B, ROWS_MAX_B, channel_blocks, channel_pieces, lanes_for, piece_bounds, row_pieces,
@@ -33,7 +33,7 @@ from ._chunks import (
 
 
 #: Chan's merge of two (count, mean, M2) summaries, compiled for the kernels.
-chan_merge = njit(cache=True)(_channel_math.chan_merge)
+chan_merge = formulas.chan_merge
 
 
 @njit(cache=True)

@@ -15,6 +15,7 @@ stored into ``y``.
 import numpy as np
 from numba import njit, prange, uint64
 
+from . import formulas
 from ._chunks import CHANNEL_JOBS_MIN_C, ROWS_MAX_B, job_index, plane_pieces, row_pieces, serial
 from .epilogue import store, view
 
@@ -23,18 +24,16 @@ from .epilogue import store, view
 def infer_coefficients(mean, var, weight, bias, has_bias, eps):
     """Per-channel float64 ``(scale, shift)`` from running statistics, in one loop.
 
-    The arithmetic of :func:`numbabn._channel_math.invstd_from_var` and
-    :func:`numbabn._channel_math.affine_coefficients` (``weight`` holds ones
-    for a missing weight, a bias of None adds nothing), without their
+    The formulas of :mod:`numbabn._formulas` (``weight`` holds ones for a
+    missing weight, a bias of None adds nothing), without the host's
     temporaries.
     """
     C = mean.size
     scale = np.empty(C)
     shift = np.empty(C)
     for c in range(C):
-        s = 1.0 / np.sqrt(var[c] + eps) * weight[c]
-        scale[c] = s
-        shift[c] = -mean[c] * s + bias[c] if has_bias else -mean[c] * s
+        scale[c], shift[c] = formulas.affine(mean[c], formulas.invstd(var[c], eps), weight[c],
+                                             bias[c] if has_bias else 0.0)
     return scale, shift
 
 

@@ -17,22 +17,13 @@ they also run under the CUDA simulator.
 """
 from numba import float64
 
+from . import formulas
 from ._runtime import cuda
 from .config import MAX_THREADS
 
 
-@cuda.jit(device=True)
-def chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
-    """Merge two (count, mean, M2) summaries; returns the merged triple."""
-    if n_b == 0:
-        return n_a, mean_a, m2_a
-    if n_a == 0:
-        return n_b, mean_b, m2_b
-    n = n_a + n_b
-    delta = mean_b - mean_a
-    mean = (n_a * mean_a + n_b * mean_b) / n
-    m2 = m2_a + m2_b + delta * delta * (n_a * (n_b / n))
-    return n, mean, m2
+#: Merge two (count, mean, M2) summaries (:func:`numbabn._formulas.chan_merge`).
+chan_merge = formulas.chan_merge
 
 
 @cuda.jit(device=True)

@@ -20,10 +20,10 @@ composition's bit for bit).  Activation codes: 0 none, 1 ReLU, 2 leaky ReLU.
 The backward through an activation is :func:`mask_grad`'s
 ``g = dy * act'(y)``, written once and read by the plain backward kernels.
 """
-import math
 
 from numba import float32, float64
 
+from . import formulas
 from ._runtime import cuda
 
 #: Activation codes of the fused kernels.
@@ -38,6 +38,16 @@ def activation_code(act):
         return RELU, 0.0
     return LEAKY_RELU, float(act)
 
+
+
+@cuda.jit(device=True)
+def coefficients(c, mean, spread, spread_is_var, eps, weight, has_weight, bias, has_bias):
+    """Channel ``c``'s float64 ``(scale, shift)``; ``spread`` holds invstd or a variance."""
+    inv = float(spread[c])
+    if spread_is_var:
+        inv = formulas.invstd(inv, eps)
+    return formulas.affine(float(mean[c]), inv, float(weight[c]) if has_weight else 1.0,
+                           float(bias[c]) if has_bias else 0.0)
 
 
 def _build(acc):
@@ -62,13 +72,8 @@ def _build(acc):
         if k >= K:
             return
         c = k // B
-        invstd = float(spread[c])
-        if spread_is_var:
-            invstd = 1.0 / math.sqrt(invstd + eps)
-        scale = invstd * float(weight[c]) if has_weight else invstd
-        shift = -float(mean[c]) * scale
-        if has_bias:
-            shift += float(bias[c])
+        scale, shift = coefficients(c, mean, spread, spread_is_var, eps, weight, has_weight,
+                                    bias, has_bias)
         s = acc(scale)
         h = acc(shift)
         stride = cuda.blockDim.y * cuda.gridDim.y
@@ -126,13 +131,8 @@ def _build(acc):
         if k >= K:
             return
         c = k // B
-        invstd = float(spread[c])
-        if spread_is_var:
-            invstd = 1.0 / math.sqrt(invstd + eps)
-        scale = invstd * float(weight[c]) if has_weight else invstd
-        shift = -float(mean[c]) * scale
-        if has_bias:
-            shift += float(bias[c])
+        scale, shift = coefficients(c, mean, spread, spread_is_var, eps, weight, has_weight,
+                                    bias, has_bias)
         s = acc(scale)
         h = acc(shift)
         a_slope = acc(slope)

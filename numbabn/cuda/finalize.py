@@ -20,6 +20,7 @@ and for backward, with :math:`S = \sum dy`, :math:`P = \sum dy(x-\mu)`,
 """
 import math
 
+from . import formulas
 from ._merge import block_merge, block_sum, chan_merge
 from ._runtime import cuda
 
@@ -85,7 +86,7 @@ def train_stats(part_n, part_mean, part_m2, Bp, eps, momentum, update_running,
     c = cuda.blockIdx.x
     n, mean, m2 = merge_channel(part_n, part_mean, part_m2, Bp)
     if cuda.threadIdx.x == 0:
-        invstd = 1.0 / math.sqrt(m2 / n + eps)
+        invstd = formulas.invstd(m2 / n, eps)
         saved[0, c] = mean
         saved[1, c] = invstd
         coef[0, c] = mean
@@ -114,13 +115,10 @@ def backward_stats(part_dy, part_dyx, Bp, count, invstd, weight, has_weight, tra
     s_dy, s_dyx = sum_channel(part_dy, part_dyx, Bp)
     if cuda.threadIdx.x == 0:
         inv = float(invstd[c])
-        k_dy = inv * float(weight[c]) if has_weight else inv
         grads[0, c] = s_dyx * inv
         grads[1, c] = s_dy
+        k_dy, k_x, k_0 = formulas.backward_coefficients(
+            inv, float(weight[c]) if has_weight else 1.0, s_dy, s_dyx, count)
         coef[0, c] = k_dy
-        if training:
-            coef[1, c] = -k_dy * inv * inv * (s_dyx / count)
-            coef[2, c] = -k_dy * (s_dy / count)
-        else:
-            coef[1, c] = 0.0
-            coef[2, c] = 0.0
+        coef[1, c] = k_x if training else 0.0
+        coef[2, c] = k_0 if training else 0.0

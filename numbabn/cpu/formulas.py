@@ -1,0 +1,15 @@
+"""The formulas of :mod:`numbabn._formulas`, compiled for the CPU kernels.
+
+``error_model="numpy"``: a zero under a square root gives inf, as NumPy and
+CUDA give, not ZeroDivisionError.
+"""
+from numba import njit
+
+from .. import _formulas
+
+_compile = njit(cache=True, error_model="numpy")
+
+chan_merge = _compile(_formulas.chan_merge)
+invstd = _compile(_formulas.invstd)
+affine = _compile(_formulas.affine)
+backward_coefficients = _compile(_formulas.backward_coefficients)
