@@ -333,7 +333,8 @@ def format_table(report):
     lines.append("out= ms: numbabn writing into a given buffer (no page faults), the time "
                  "'% copy BW' uses, like the copy")
     if not has_torch:
-        lines.append("torch: not installed, skipped (pip install 'numbabn[bench]')")
+        lines.append("torch: not installed, skipped (pip install 'numbabn[bench]', or from a "
+                     "clone: pip install -e \".[bench]\")")
     for op, s in report["summary"].items():
         lines.append(f"{op:<9} vs torch: geometric mean x{s['geomean_speedup_vs_torch']:.2f}, "
                      f"slowest x{s['min_speedup_vs_torch']:.2f}")
@@ -350,10 +351,17 @@ def build_parser(parser=None):
     parser.add_argument("--ops", default=",".join(OPS),
                         help=f"comma-separated operations out of {','.join(OPS)}")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--loop", action="store_true",
+                        help="time batch norm inside NumPy training steps instead of alone "
+                             "(numbabn/_bench_loop.py); --quick and --json apply")
     return parser
 
 
 def main(args):
+    if getattr(args, "loop", False):
+        from . import _bench_loop
+
+        return _bench_loop.main(args)
     try:
         cases = (parse_shapes(args.shapes) if args.shapes
                  else default_cases(QUICK_SHAPES if args.quick else DEFAULT_SHAPES))

@@ -1,0 +1,166 @@
+"""How numbabn's parallel kernels share the process: the thread policy.
+
+numbabn's CPU kernels run on Numba's threading layer, usually the ``omp``
+layer, GNU OpenMP (libgomp).  By default libgomp's idle workers spin for a
+while after every parallel region; NumPy's BLAS (OpenBLAS) keeps its own
+workers spinning after every matrix product.  In a training loop the two
+alternate, and each pool's spinning threads take the cores the other needs:
+on a 2-core machine a step of a small MLP was 20x slower than with one Numba
+thread (issue 11).
+
+The policy (``NUMBABN_THREAD_POLICY``, default ``auto``; ``off`` disables it):
+
+- When the CPU backend is first used and Numba's threading layer has not
+  started yet, numbabn starts it itself, with ``OMP_WAIT_POLICY=PASSIVE`` put
+  in ``os.environ`` for the moment the OpenMP runtime is loaded (and removed
+  right after): its workers then sleep as soon as a parallel region ends.
+  Nothing is changed when the user set ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``
+  or ``KMP_BLOCKTIME``, when an OpenMP runtime is already loaded in the
+  process (it has read its settings), or when the layer is not OpenMP
+  (``NUMBA_THREADING_LAYER`` is honoured).  The loaded runtime is shared:
+  libraries that load the same libgomp later (PyTorch's CPU build does) get
+  the passive policy too.
+- Safety, always on (not part of the switch): the ``workqueue`` layer aborts
+  the process when two threads launch parallel kernels at once, so there only
+  the main thread runs the parallel kernels and other threads run their
+  serial twins (same results, bit for bit).
+"""
+import os
+import threading
+
+import numba
+
+#: The switch: ``NUMBABN_THREAD_POLICY=off`` leaves the process as it is.
+POLICY_ENV = "NUMBABN_THREAD_POLICY"
+#: Set by the user, any of these says how OpenMP threads should wait: honoured.
+WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+#: Shared-library names of OpenMP runtimes (GNU, LLVM, Intel).
+_OPENMP_LIBRARIES = ("libgomp", "libomp", "libiomp")
+
+_lock = threading.Lock()
+_main_thread = threading.main_thread().ident
+#: What :func:`configure` did, in words; None until it ran.
+_outcome = None
+#: The running layer's name, once known.
+_layer = None
+
+
+def enabled():
+    """False when ``NUMBABN_THREAD_POLICY`` is ``off`` (or ``0``, ``no``, ``false``)."""
+    return os.environ.get(POLICY_ENV, "auto").strip().lower() not in ("off", "0", "no", "false")
+
+
+def _layer_started():
+    try:
+        numba.threading_layer()
+    except ValueError:
+        return False
+    return True
+
+
+def openmp_loaded():
+    """True when an OpenMP runtime is already mapped into this process (Linux; else False)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            text = maps.read()
+    except OSError:
+        return False
+    return any(name in text for name in _OPENMP_LIBRARIES)
+
+
+def configure():
+    """Start Numba's threading layer under the policy; idempotent, returns what it did."""
+    global _outcome
+    if _outcome is not None:
+        return _outcome
+    with _lock:
+        if _outcome is None:
+            _outcome = _configure()
+    return _outcome
+
+
+def _configure():
+    if not enabled():
+        return f"off ({POLICY_ENV}={os.environ[POLICY_ENV]}): numbabn changes nothing"
+    if _layer_started():
+        return "not applied: Numba's threading layer had started before numbabn's first CPU call"
+    user = [v for v in WAIT_VARIABLES if v in os.environ]
+    if user:
+        return f"not needed: the OpenMP wait policy is the user's ({', '.join(user)} set)"
+    if numba.config.THREADING_LAYER in ("workqueue", "tbb"):
+        return "not needed: the threading layer is not OpenMP"
+    if openmp_loaded():
+        return ("not applied: an OpenMP runtime was already loaded (its workers spin after "
+                "each parallel region; set OMP_WAIT_POLICY=PASSIVE before starting Python)")
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        numba.get_num_threads()  # loads the threading layer, which reads the variable now
+    finally:
+        del os.environ["OMP_WAIT_POLICY"]
+    if layer_name() != "omp":
+        return f"not needed: Numba chose the {layer_name()} layer"
+    return "applied: Numba's OpenMP workers sleep when idle (OMP_WAIT_POLICY=PASSIVE at start)"
+
+
+def layer_name():
+    """The running threading layer (``omp``, ``tbb``, ``workqueue``), or a note if not started."""
+    global _layer
+    if _layer is None:
+        try:
+            _layer = numba.threading_layer()
+        except ValueError:
+            return f"not started yet (requested: {numba.config.THREADING_LAYER})"
+    return _layer
+
+
+def parallel_allowed():
+    """False when this thread must not launch a parallel kernel (workqueue, not the main thread).
+
+    Call it after the layer started (``numba.get_num_threads()`` starts it).
+    """
+    layer = _layer if _layer is not None else layer_name()
+    return layer != "workqueue" or threading.get_ident() == _main_thread
+
+
+def describe_policy():
+    """One line: the policy and what it did in this process."""
+    return _outcome if _outcome is not None else "not configured yet (no CPU call so far)"
+
+
+# --- the BLAS next door ------------------------------------------------------------------
+
+def blas_pools():
+    """threadpoolctl's description of the loaded BLAS libraries, or None without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    return [p for p in threadpool_info() if p["user_api"] == "blas"]
+
+
+def blas_description():
+    pools = blas_pools()
+    if pools is None:
+        return "unknown (threadpoolctl is not installed)"
+    if not pools:
+        return "none loaded"
+    return ", ".join(f"{p['internal_api']} {p['version']} ({p['num_threads']} threads, "
+                     f"{p.get('threading_layer', '?')})" for p in pools)
+
+
+def conflict():
+    """A sentence on whether Numba's and the BLAS's threads are known to fight, or None."""
+    pools = blas_pools() or []
+    blas_threads = max((p["num_threads"] for p in pools), default=1)
+    numba_threads = numba.get_num_threads()
+    if blas_threads <= 1 or numba_threads <= 1:
+        return None
+    layer = layer_name()
+    if layer == "omp" and not (_outcome or "").startswith("applied") \
+            and os.environ.get("OMP_WAIT_POLICY", "").lower() != "passive":
+        return (f"yes: {blas_threads} BLAS threads and {numba_threads} Numba OpenMP threads that "
+                "spin when idle fight for the cores when BLAS and numbabn calls alternate "
+                "(a training loop); set OMP_WAIT_POLICY=PASSIVE before starting Python, or limit "
+                "one side (threadpoolctl.threadpool_limits(1, 'blas') or numba.set_num_threads(1))")
+    return (f"no known conflict: {blas_threads} BLAS threads, {numba_threads} Numba threads "
+            f"on the {layer} layer, whose idle workers sleep")
