@@ -27,14 +27,14 @@ import numpy as np
 EPS = 1e-5
 MOMENTUM = 0.1
 
-#: name -> (x shape, hidden width, output width, layout of the batch norm input).
+#: name -> (x shape, hidden width(s), output width, kind, shape the batch norm sees).
 #: "conv" is a 1x1 convolution written as a matrix product: (16·28·28, 64) @ (64, 64),
 #: whose result is the (16, 64, 28, 28) batch stored channels-last (16, 28, 28, 64).
 WORKLOADS = {
-    "mlp-512x256": ((512, 256), 256, 10, "1d"),
-    "mlp-64x128": ((64, 128), 128, 10, "1d"),
-    "conv-16x64x28x28": ((16 * 28 * 28, 64), 64, 10, "2d"),
-    "digits-demo": ((64, 64), (128, 128), 10, "demo"),
+    "mlp-512x256": ((512, 256), 256, 10, "1d", (512, 256)),
+    "mlp-64x128": ((64, 128), 128, 10, "1d", (64, 128)),
+    "conv-16x64x28x28": ((16 * 28 * 28, 64), 64, 10, "2d", (16, 28, 28, 64)),
+    "digits-demo": ((64, 64), (128, 128), 10, "demo", None),
 }
 DESCRIPTIONS = {
     "mlp-512x256": "MLP, x (512, 256), 256 hidden, BatchNorm1d",
@@ -48,12 +48,12 @@ CONTENDERS = ("numbabn", "numbabn-1thread", "numpy", "torch")
 class NumpyBatchNorm:
     """Batch norm as a NumPy user writes it (training mode, running statistics updated)."""
 
-    def __init__(self, num_features, axis):
+    def __init__(self, num_features, axis, dtype=np.float32):
         self.axis = axis
-        self.weight = np.ones(num_features, np.float32)
-        self.bias = np.zeros(num_features, np.float32)
-        self.running_mean = np.zeros(num_features, np.float32)
-        self.running_var = np.ones(num_features, np.float32)
+        self.weight = np.ones(num_features, dtype)
+        self.bias = np.zeros(num_features, dtype)
+        self.running_mean = np.zeros(num_features, dtype)
+        self.running_var = np.ones(num_features, dtype)
 
     def __call__(self, x):
         axis = self.axis % x.ndim
@@ -97,7 +97,7 @@ def numpy_step(name, impl, seed=0):
     """
     from . import _demo
 
-    shape, hidden, out, kind = WORKLOADS[name]
+    shape, hidden, out, kind, bn_shape = WORKLOADS[name]
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape, dtype=np.float32)
     if kind == "demo":
@@ -116,8 +116,6 @@ def numpy_step(name, impl, seed=0):
     w2 = (rng.standard_normal((hidden, out)) * math.sqrt(2 / hidden)).astype(np.float32)
     do = rng.standard_normal((shape[0], out), dtype=np.float32)
     bn = _batch_norm(kind, hidden, impl)
-    # the conv-like batch: (N·H·W, C) rows are the (N, H, W, C) channels-last tensor
-    bn_shape = (16, 28, 28, hidden) if kind == "2d" else (shape[0], hidden)
 
     def step():
         h = x @ w1
@@ -136,7 +134,7 @@ def numpy_step(name, impl, seed=0):
 def torch_step(torch, name, seed=0):
     """The same step with ``nn.Linear`` + ``nn.BatchNorm1d/2d`` and autograd."""
     nn = torch.nn
-    shape, hidden, out, kind = WORKLOADS[name]
+    shape, hidden, out, kind, bn_shape = WORKLOADS[name]
     torch.manual_seed(seed)
     x = torch.randn(*shape)
     if kind == "demo":
@@ -160,7 +158,7 @@ def torch_step(torch, name, seed=0):
         lin2.zero_grad(set_to_none=True)
         h = lin1(x)
         if kind == "2d":  # (N·H·W, C) rows seen as an (N, C, H, W) tensor in channels_last
-            a = bn(h.reshape(16, 28, 28, hidden).permute(0, 3, 1, 2))
+            a = bn(h.reshape(bn_shape).permute(0, 3, 1, 2))
             a = a.permute(0, 2, 3, 1).reshape(h.shape)
         else:
             a = bn(h)
@@ -216,6 +214,8 @@ def run(workloads=tuple(WORKLOADS), contenders=CONTENDERS, budget=0.2, rounds=5,
         progress=None):
     """Milliseconds per step, ``{workload: {contender: ms}}``, and the machine's description."""
     import numba
+
+    from .cpu import _chunks  # noqa: F401  (numbabn's thread policy, before torch loads OpenMP)
 
     torch = load_torch() if "torch" in contenders else None
     contenders = [c for c in contenders if c != "torch" or torch is not None]

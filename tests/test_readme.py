@@ -73,13 +73,36 @@ def test_readme_has_python_blocks():
     assert len(python_blocks(README.read_text(encoding="utf-8"))) >= 5
 
 
+def run_markdown(path, cwd):
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", NUMBABN_CUDA_THREADS="16")
+    return subprocess.run(
+        [sys.executable, "-c", RUNNER, str(path), str(Path(__file__).parent)],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
+    )
+
+
+@pytest.mark.parametrize("block, message", [
+    ("y = missing * 2\n", "NameError"),          # a name no earlier block defined
+    (">>> lr + 1\n3\n", "Expected"),            # a doctest whose output differs
+])
+def test_runner_reports_a_failing_block(tmp_path, block, message):
+    page = tmp_path / "page.md"
+    page.write_text(f"# t\n\n```python\nlr = 1\n```\n\n```python\n{block}```\n")
+    done = run_markdown(page, tmp_path)
+    assert done.returncode == 1
+    assert "the python block at line 8" in done.stdout and message in done.stdout + done.stderr
+
+
+def test_blocks_share_one_namespace(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("```python\na = 2\n```\ntext\n```python\n>>> a + 1\n3\n```\n")
+    done = run_markdown(page, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_readme_python_blocks_run(tmp_path):
     pytest.importorskip("mpi4py")
     pytest.importorskip("numba_cuda")
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", NUMBABN_CUDA_THREADS="16")
-    done = subprocess.run(
-        [sys.executable, "-c", RUNNER, str(README), str(Path(__file__).parent)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
-    )
+    done = run_markdown(README, tmp_path)
     assert done.returncode == 0 and "README OK" in done.stdout, (
         done.stdout[-4000:] + done.stderr[-4000:])
