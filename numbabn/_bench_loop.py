@@ -18,6 +18,7 @@ gives the median over the blocks of the mean time per step.
 """
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -210,45 +211,96 @@ def load_torch():
     return load_torch()
 
 
-def run(workloads=tuple(WORKLOADS), contenders=CONTENDERS, budget=0.2, rounds=5,
-        progress=None):
-    """Milliseconds per step, ``{workload: {contender: ms}}``, and the machine's description."""
+def _threads_wanted():
+    """Numba's thread count for this process's settings, without starting Numba's threads."""
     import numba
 
-    from .cpu import _chunks  # noqa: F401  (numbabn's thread policy, before torch loads OpenMP)
+    return numba.config.NUMBA_NUM_THREADS
 
-    torch = load_torch() if "torch" in contenders else None
-    contenders = [c for c in contenders if c != "torch" or torch is not None]
-    threads = numba.get_num_threads()
-    torch_threads = torch.get_num_threads() if torch is not None else None
 
-    def one_thread():
-        numba.set_num_threads(1)
-        return lambda: numba.set_num_threads(threads)
+def child(spec):
+    """Run in a fresh process: time one contender on the workloads; returns JSON-ready data.
 
-    def torch_threads_as_numba():
-        torch.set_num_threads(threads)
-        return lambda: torch.set_num_threads(torch_threads)
-
-    results = {}
-    for name in workloads:
-        if progress:
-            progress(f"{name}: compiling and timing")
-        functions = {}
-        for contender in contenders:
-            if contender == "torch":
-                functions[contender] = torch_step(torch, name)
-            else:
-                functions[contender] = numpy_step(name, contender.split("-")[0])
-        before = {"numbabn-1thread": one_thread}
+    ``spec``: ``contender``, ``workloads`` (name -> WORKLOADS entry), ``budget``,
+    ``blocks``, ``threads`` (PyTorch's thread count).
+    """
+    WORKLOADS.update({k: tuple(tuple(x) if isinstance(x, list) else x for x in v)
+                      for k, v in spec["workloads"].items()})
+    contender = spec["contender"]
+    torch = None
+    if contender == "torch":
+        torch = load_torch()
+        torch.set_num_threads(spec["threads"])
+    else:
+        from .cpu import _chunks  # noqa: F401  (numbabn's thread policy, as a user gets it)
+    result = {"ms": {}, "machine": None}
+    for name in spec["workloads"]:
         if torch is not None:
-            before["torch"] = torch_threads_as_numba
-        seconds = time_blocks(functions, budget, rounds, before)
-        results[name] = {c: 1e3 * s for c, s in seconds.items()}
-    return results, machine(torch)
+            step = torch_step(torch, name)
+        else:
+            step = numpy_step(name, "numpy" if contender == "numpy" else "numbabn")
+        times = block_times({name: step}, spec["budget"], spec["blocks"])[name]
+        result["ms"][name] = [1e3 * t for t in times]
+    if contender == "numbabn":
+        result["machine"] = machine()
+    return result
 
 
-def machine(torch=None):
+def _child_main():
+    print(json.dumps(child(json.loads(sys.argv[1]))))
+
+
+def run(workloads=None, contenders=CONTENDERS, budget=0.2, rounds=5, processes=3,
+        progress=None):
+    """Milliseconds per step, ``{workload: {contender: ms}}``, and the machine's description.
+
+    Every contender runs in fresh processes (``processes`` of them, taking
+    turns), as a user's program would: the OpenMP runtime and the BLAS pools
+    then start with that contender's settings alone, and nothing left spinning
+    by one contender slows another.  Each process times ``rounds`` blocks per
+    workload; a cell is the median over all blocks of all its processes.
+    """
+    import subprocess
+
+    workloads = {name: WORKLOADS[name] for name in (workloads or WORKLOADS)}
+    if "torch" in contenders and load_torch() is None:
+        contenders = [c for c in contenders if c != "torch"]
+    threads = _threads_wanted()
+    blocks = {c: {name: [] for name in workloads} for c in contenders}
+    info = None
+    for p in range(processes):
+        for contender in contenders:
+            if progress:
+                progress(f"[{p * len(contenders) + contenders.index(contender) + 1}/"
+                         f"{processes * len(contenders)}] {contender}")
+            env = dict(os.environ)
+            if contender == "numbabn-1thread":
+                env["NUMBA_NUM_THREADS"] = "1"
+            spec = {"contender": contender, "workloads": workloads, "budget": budget,
+                    "blocks": rounds, "threads": threads}
+            code = "from numbabn._bench_loop import _child_main; _child_main()"
+            done = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], env=env,
+                                  capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"the {contender} process failed:\n{done.stderr[-3000:]}")
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            for name, times in result["ms"].items():
+                blocks[contender][name].extend(times)
+            info = result["machine"] or info
+    results = {name: {c: statistics.median(blocks[c][name]) for c in contenders}
+               for name in workloads}
+    spread = {name: {c: (min(blocks[c][name]), max(blocks[c][name])) for c in contenders}
+              for name in workloads}
+    info = dict(info or {}, torch=_torch_version() if "torch" in contenders else None)
+    return results, info, spread
+
+
+def _torch_version():
+    torch = load_torch()
+    return torch.__version__ if torch is not None else None
+
+
+def machine():
     import numba
 
     from . import _threads
@@ -256,11 +308,10 @@ def machine(torch=None):
     return {"numba_threads": numba.get_num_threads(),
             "threading_layer": _threads.layer_name(),
             "blas": _threads.blas_description(),
-            "thread_policy": _threads.describe_policy(),
-            "torch": torch.__version__ if torch is not None else None}
+            "thread_policy": _threads.describe_policy()}
 
 
-def format_table(results, info):
+def format_table(results, info, spread=None):
     contenders = [c for c in CONTENDERS if any(c in r for r in results.values())]
     head = f"{'workload':<18}" + "".join(f"{c + ' ms':>18}" for c in contenders)
     ratios = [c for c in contenders if c != "numbabn"]
@@ -272,28 +323,33 @@ def format_table(results, info):
         lines.append(line)
     lines.append("")
     for name in results:
-        lines.append(f"{name}: {DESCRIPTIONS[name]}")
-    lines.append("ms per training step (forward + backward, float32, median of blocks); "
-                 "x/numbabn > 1: numbabn is faster")
-    lines.append(f"numba: {info['numba_threads']} threads, {info['threading_layer']} layer; "
-                 f"BLAS: {info['blas']}")
-    lines.append(f"thread policy: {info['thread_policy']}")
-    if info["torch"] is None:
-        lines.append("torch: not installed, skipped (pip install 'numbabn[bench]', or "
-                     "pip install -e \".[bench]\" from a clone)")
+        lines.append(f"{name}: {DESCRIPTIONS.get(name, '')}")
+    lines.append("ms per training step (forward + backward, float32): median over blocks of "
+                 "steps, each contender in fresh processes; x/numbabn > 1: numbabn is faster")
+    if spread:
+        worst = max(hi / lo for row in spread.values() for lo, hi in row.values())
+        lines.append(f"noise: the slowest block of a cell took up to {worst:.1f}x its fastest")
+    lines.append(f"numba: {info.get('numba_threads')} threads, {info.get('threading_layer')} "
+                 f"layer; BLAS: {info.get('blas')}")
+    lines.append(f"thread policy: {info.get('thread_policy')}")
+    if info.get("torch") is None:
+        lines.append("torch: not installed, skipped (pip install 'numbabn[bench]', or from a "
+                     "clone: pip install -e \".[bench]\")")
     return "\n".join(lines)
 
 
 def main(args):
     quick = getattr(args, "quick", False)
-    budget, rounds = (0.02, 2) if quick else (0.2, 5)
+    budget, rounds, processes = (0.02, 2, 1) if quick else (0.1, 5, 3)
 
     def progress(text):
         print(text, file=sys.stderr, flush=True)
 
-    results, info = run(budget=budget, rounds=rounds, progress=progress)
-    print(format_table(results, info))
+    results, info, spread = run(budget=budget, rounds=rounds, processes=processes,
+                                progress=progress)
+    print(format_table(results, info, spread))
     if getattr(args, "json", None):
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "ms_per_step": results}, f, indent=2)
+            json.dump({"machine": info, "ms_per_step": results,
+                       "ms_per_step_min_max": spread}, f, indent=2)
     return 0

@@ -23,7 +23,7 @@ def tiny(monkeypatch):
     real_run = _bench_loop.run
 
     def run(*args, **kwargs):
-        kwargs.update(budget=0.0, rounds=1)
+        kwargs.update(budget=0.0, rounds=1, processes=1)
         return real_run(*args, **kwargs)
 
     monkeypatch.setattr(_bench_loop, "run", run)
@@ -45,7 +45,7 @@ def test_bench_loop_writes_table_and_json(tmp_path, capsys, tiny):
 
 
 def test_bench_loop_without_torch_says_so(monkeypatch, capsys, tiny):
-    monkeypatch.setattr(_bench_loop, "load_torch", lambda: None)
+    monkeypatch.setattr(_bench_loop, "load_torch", lambda: None)  # seen by the parent only
     assert cli.main(["bench", "--loop"]) == 0
     out = capsys.readouterr().out
     assert "torch: not installed" in out and 'pip install -e ".[bench]"' in out
