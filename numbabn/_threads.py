@@ -34,8 +34,10 @@ import numba
 POLICY_ENV = "NUMBABN_THREAD_POLICY"
 #: Set by the user, any of these says how OpenMP threads should wait: honoured.
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
-#: Shared-library names of OpenMP runtimes (GNU, LLVM, Intel).
-_OPENMP_LIBRARIES = ("libgomp", "libomp", "libiomp")
+#: File names of the OpenMP runtimes (GNU, LLVM, Intel) that Numba's omp layer would share.
+#: Copies renamed by auditwheel (scikit-learn's ``libgomp-<hash>.so``) are private to their
+#: wheel, have their own settings, and do not count.
+_OPENMP_LIBRARIES = ("libgomp.so", "libomp.so", "libiomp5.so")
 
 _lock = threading.Lock()
 _main_thread = threading.main_thread().ident
@@ -62,10 +64,10 @@ def openmp_loaded():
     """True when an OpenMP runtime is already mapped into this process (Linux; else False)."""
     try:
         with open("/proc/self/maps") as maps:
-            text = maps.read()
+            names = {os.path.basename(line.split()[-1]) for line in maps if "/" in line}
     except OSError:
         return False
-    return any(name in text for name in _OPENMP_LIBRARIES)
+    return any(name.startswith(_OPENMP_LIBRARIES) for name in names)
 
 
 def configure():

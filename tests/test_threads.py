@@ -110,6 +110,30 @@ def test_policy_does_not_apply_when_numba_started_first():
     assert seen["policy"].startswith("not applied") and seen["threads"] == 1
 
 
+def test_policy_not_applied_once_a_shared_openmp_runtime_is_loaded():
+    pytest.importorskip("torch")  # its CPU build loads libgomp.so.1, the one Numba would use
+    code = "import torch\n" + POLICY_PROBE
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["policy"].startswith("not applied: an OpenMP runtime was already loaded")
+
+
+def test_private_openmp_copies_do_not_block_the_policy(monkeypatch, tmp_path):
+    maps = tmp_path / "maps"
+    line = "7f00-7f01 r-xp 00000000 08:01 1 /site-packages/scikit_learn.libs/{}\n"
+    maps.write_text(line.format("libgomp-e985bcbb.so.1.0.0"))
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        return real_open(maps if path == "/proc/self/maps" else path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    assert _threads.openmp_loaded() is False
+    maps.write_text(line.format("libgomp-e985bcbb.so.1.0.0") + line.format("libgomp.so.1"))
+    assert _threads.openmp_loaded() is True
+
+
 def test_policy_leaves_blas_limits_alone():
     threadpoolctl = pytest.importorskip("threadpoolctl")
     with threadpoolctl.threadpool_limits(1, user_api="blas"):
