@@ -313,19 +313,23 @@ def machine():
 
 def format_table(results, info, spread=None):
     contenders = [c for c in CONTENDERS if any(c in r for r in results.values())]
-    head = f"{'workload':<18}" + "".join(f"{c + ' ms':>18}" for c in contenders)
+    short = {"numbabn": "numbabn", "numbabn-1thread": "1 thread", "numpy": "numpy BN",
+             "torch": "torch"}
+    head = f"{'workload':<18}" + "".join(f"{short[c] + ' ms':>13}" for c in contenders)
     ratios = [c for c in contenders if c != "numbabn"]
-    head += "".join(f"{c + '/numbabn':>18}" for c in ratios)
+    head += "".join(f"{'x ' + short[c]:>13}" for c in ratios)
     lines = [head, "-" * len(head)]
     for name, r in results.items():
-        line = f"{name:<18}" + "".join(f"{r[c]:18.3f}" for c in contenders)
-        line += "".join(f"{r[c] / r['numbabn']:18.2f}" for c in ratios)
+        line = f"{name:<18}" + "".join(f"{r[c]:13.3f}" for c in contenders)
+        line += "".join(f"{r[c] / r['numbabn']:13.2f}" for c in ratios)
         lines.append(line)
     lines.append("")
     for name in results:
         lines.append(f"{name}: {DESCRIPTIONS.get(name, '')}")
     lines.append("ms per training step (forward + backward, float32): median over blocks of "
-                 "steps, each contender in fresh processes; x/numbabn > 1: numbabn is faster")
+                 "steps, each contender in fresh processes")
+    lines.append("x C = C's time / numbabn's (defaults): above 1, numbabn is faster; "
+                 "1 thread = numbabn with NUMBA_NUM_THREADS=1")
     if spread:
         worst = max(hi / lo for row in spread.values() for lo, hi in row.values())
         lines.append(f"noise: the slowest block of a cell took up to {worst:.1f}x its fastest")
