@@ -49,6 +49,7 @@ CONFIGS = {
     "NUMBA_NUM_THREADS=1": (dict(OFF, NUMBA_NUM_THREADS="1"), "numbabn", None, None),
     "OMP_WAIT_POLICY=passive": (dict(OFF, OMP_WAIT_POLICY="passive"), "numbabn", None, None),
     "GOMP_SPINCOUNT=10000": (dict(OFF, GOMP_SPINCOUNT="10000"), "numbabn", None, None),
+    "GOMP_SPINCOUNT=3000": (dict(OFF, GOMP_SPINCOUNT="3000"), "numbabn", None, None),
     "layer workqueue": (dict(OFF, NUMBA_THREADING_LAYER="workqueue"), "numbabn", None, None),
     "layer tbb": (dict(OFF, NUMBA_THREADING_LAYER="tbb"), "numbabn", None, None),
     "BLAS 1 thread": (OFF, "numbabn", 1, None),

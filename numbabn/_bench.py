@@ -241,6 +241,8 @@ def run(cases, ops, dtype, budget, copy_bytes, progress=print):
     """Measure every case and op; returns the JSON-ready result dictionary."""
     import numba
 
+    from .cpu import _chunks  # noqa: F401  (numbabn's thread policy first, as a user gets it)
+
     torch = load_torch()
     torch_threads = None
     if torch is not None:  # as many threads as Numba; restored afterwards
