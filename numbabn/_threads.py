@@ -37,10 +37,11 @@ WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 #: How long idle OpenMP workers spin before they sleep, set while the runtime loads.  GNU
 #: libgomp (Numba's pip wheels): 3000 spins, about 0.1 ms here, instead of its default
 #: 300000 (about 17 ms); LLVM/Intel OpenMP (conda builds): 1 ms instead of 200 ms.  Measured
-#: on the 2-core test machine: long enough that back-to-back numbabn calls find their workers
-#: awake (sleeping workers, OMP_WAIT_POLICY=PASSIVE, made a 35 us kernel call 75 us), short
-#: enough that they no longer take the cores from the BLAS calls that follow (the 512-row MLP
-#: step: 14.4 ms with the defaults, 1.8 ms with this, 2.1 ms with a NumPy batch norm).
+#: on the 2-core test machine (a VM): short enough that they no longer take the cores from the
+#: BLAS calls that follow (the 512-row MLP step: 14.4 ms with the defaults, 1.8 ms with this,
+#: 2.1 ms with a NumPy batch norm); back-to-back calls on small inputs kept their speed when the
+#: machine was calm (35 us; sleeping workers, OMP_WAIT_POLICY=PASSIVE, made it 75 us) but not
+#: under other jobs' load (110 us: the workers fell asleep between calls).
 SHORT_WAIT = {"GOMP_SPINCOUNT": "3000", "KMP_BLOCKTIME": "1"}
 #: File names of the OpenMP runtimes (GNU, LLVM, Intel) that Numba's omp layer would share.
 #: Copies renamed by auditwheel (scikit-learn's ``libgomp-<hash>.so``) are private to their
