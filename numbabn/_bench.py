@@ -241,6 +241,8 @@ def run(cases, ops, dtype, budget, copy_bytes, progress=print):
     """Measure every case and op; returns the JSON-ready result dictionary."""
     import numba
 
+    from .cpu import _chunks  # noqa: F401  (numbabn's thread policy first, as a user gets it)
+
     torch = load_torch()
     torch_threads = None
     if torch is not None:  # as many threads as Numba; restored afterwards
@@ -333,7 +335,8 @@ def format_table(report):
     lines.append("out= ms: numbabn writing into a given buffer (no page faults), the time "
                  "'% copy BW' uses, like the copy")
     if not has_torch:
-        lines.append("torch: not installed, skipped (pip install 'numbabn[bench]')")
+        lines.append("torch: not installed, skipped (pip install 'numbabn[bench]', or from a "
+                     "clone: pip install -e \".[bench]\")")
     for op, s in report["summary"].items():
         lines.append(f"{op:<9} vs torch: geometric mean x{s['geomean_speedup_vs_torch']:.2f}, "
                      f"slowest x{s['min_speedup_vs_torch']:.2f}")
@@ -358,6 +361,9 @@ def build_parser(parser=None):
     _bench_dask.add_arguments(parser)  # --dask and its options
     parser.add_argument("--no-fused", action="store_true",
                         help="skip the fused activation/residual rows (numbabn/_bench_fused.py)")
+    parser.add_argument("--loop", action="store_true",
+                        help="time batch norm inside NumPy training steps instead of alone "
+                             "(numbabn/_bench_loop.py); --quick and --json apply")
     return parser
 
 
@@ -366,6 +372,10 @@ def main(args):
         from . import _bench_dask
 
         return _bench_dask.main(args)
+    if getattr(args, "loop", False):
+        from . import _bench_loop
+
+        return _bench_loop.main(args)
     try:
         cases = (parse_shapes(args.shapes) if args.shapes
                  else default_cases(QUICK_SHAPES if args.quick else DEFAULT_SHAPES))

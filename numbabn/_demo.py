@@ -206,8 +206,9 @@ def main(out="numbabn-demo.png", epochs=30, seed=0, quick=False):
         import sklearn  # noqa: F401
         from threadpoolctl import threadpool_limits
     except ImportError as err:
-        print(f"the demo needs scikit-learn and matplotlib: pip install 'numbabn[demo]' ({err})",
-              file=sys.stderr)
+        print(f"the demo needs scikit-learn, matplotlib and threadpoolctl ({err}): "
+              "pip install 'numbabn[demo]', or from a clone of the repository: "
+              "pip install -e \".[demo]\"", file=sys.stderr)
         return 2
     epochs = 3 if quick else epochs
     data = load_digits(quick, seed)

@@ -11,6 +11,12 @@ twins share their per-piece helpers and differ only in the loop header.
 import numba
 from numba import njit
 
+from .. import _threads
+
+# Start Numba's threading layer under numbabn's thread policy (see numbabn/_threads.py)
+# before any kernel runs: the CPU backend imports this module on its first use.
+_threads.configure()
+
 #: Below this many elements per (a, c) plane the "rows" loop order is used:
 #: each piece of work is a block of whole rows ``x[a0:a1]`` with (C * B)-wide
 #: accumulators, so the inner loop runs along the contiguous channel axis.
@@ -170,5 +176,11 @@ def channel_runs(A, C, B, itemsize, one_thread):
 
 
 def serial(size):
-    """True when an input of ``size`` elements should run the serial kernels."""
-    return size <= SERIAL_MAX_ELEMENTS or numba.get_num_threads() == 1
+    """True when an input of ``size`` elements should run the serial kernels.
+
+    Small inputs, one Numba thread, or a thread that must not launch parallel
+    kernels (:func:`numbabn._threads.parallel_allowed`: the workqueue layer,
+    which aborts on concurrent launches, outside the main thread).
+    """
+    return (size <= SERIAL_MAX_ELEMENTS or numba.get_num_threads() == 1
+            or not _threads.parallel_allowed())
