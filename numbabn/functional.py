@@ -471,6 +471,21 @@ def _sample_backward_inputs(backend, dy, x, mean, invstd, weight, out, slay):
     return dy, mean, invstd, weight, out
 
 
+def _sample_backward(dy, x, mean, invstd, groups, min_rank, weight, axis, out, device):
+    """The backward of a per-sample member (``groups`` None: one group per channel)."""
+    backend = select_backend(device, x, dy, out)
+    x, slay = _sample_input(backend, x, axis, groups, min_rank)
+    dy, mean, invstd, weight, out = _sample_backward_inputs(
+        backend, dy, x, mean, invstd, weight, out, slay)
+    if x.size == 0:
+        dx = _empty_sample_result(backend, x, slay, out)[0]
+        return _sample_gradients(backend, x, weight, dx, np.zeros(slay.C), np.zeros(slay.C))
+    # One channel per group: batch norm's fused backward per (sample, channel) row.
+    members = _engine.backward_rows if slay.G == slay.C else _engine.backward
+    dx, dweight, dbias = members(backend, dy, x, slay, mean, invstd, weight, out)
+    return _sample_gradients(backend, x, weight, dx, dweight, dbias)
+
+
 def _sample_gradients(backend, x, weight, dx, dweight, dbias):
     """Gradients in ``weight``'s dtype (or the saved-statistics dtype), where ``x`` lives."""
     dtype = weight.dtype if weight is not None else stats_dtype(x.dtype)
@@ -583,16 +598,7 @@ def group_norm_backward(dy, x, mean, invstd, num_groups, weight=None, *, axis=1,
     dweight, dbias : ndarray of shape (C,)
         In ``weight``'s dtype; without weight, float64 for float64 input, else float32.
     """
-    backend = select_backend(device, x, dy, out)
-    x, slay = _sample_input(backend, x, axis, num_groups, 2)
-    dy, mean, invstd, weight, out = _sample_backward_inputs(
-        backend, dy, x, mean, invstd, weight, out, slay)
-    if x.size == 0:
-        dx = _empty_sample_result(backend, x, slay, out)[0]
-        return _sample_gradients(backend, x, weight, dx, np.zeros(slay.C), np.zeros(slay.C))
-    members = _engine.backward_rows if slay.G == slay.C else _engine.backward
-    dx, dweight, dbias = members(backend, dy, x, slay, mean, invstd, weight, out)
-    return _sample_gradients(backend, x, weight, dx, dweight, dbias)
+    return _sample_backward(dy, x, mean, invstd, num_groups, 2, weight, axis, out, device)
 
 
 def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
@@ -702,12 +708,4 @@ def instance_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None
     ``mean``/``invstd`` have shape (N, C), as returned by
     :func:`instance_norm_forward`.
     """
-    backend = select_backend(device, x, dy, out)
-    x, slay = _sample_input(backend, x, axis, None, 3)
-    dy, mean, invstd, weight, out = _sample_backward_inputs(
-        backend, dy, x, mean, invstd, weight, out, slay)
-    if x.size == 0:
-        dx = _empty_sample_result(backend, x, slay, out)[0]
-        return _sample_gradients(backend, x, weight, dx, np.zeros(slay.C), np.zeros(slay.C))
-    dx, dweight, dbias = _engine.backward_rows(backend, dy, x, slay, mean, invstd, weight, out)
-    return _sample_gradients(backend, x, weight, dx, dweight, dbias)
+    return _sample_backward(dy, x, mean, invstd, None, 3, weight, axis, out, device)

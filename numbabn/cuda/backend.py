@@ -637,12 +637,4 @@ def renorm_forward_train(x, lay, weight, bias, eps, out, running_mean, running_v
         _copy_back(running_var, run_var)
     y = _deliver(yd, x, out, plan)
     return (y, *(_deliver_vector(saved[i], plan) for i in range(4)))
-    result = (dx, _deliver_vector(grads[0], plan), _deliver_vector(grads[1], plan))
-    if not residual:
-        return result
-    if plan.host and act is None:
-        dresidual = dy.copy() if out is not None and np.may_share_memory(out, dy) else dy
-    else:
-        dresidual = _deliver(gd, x, None, plan)
-    return (*result, dresidual)
 
