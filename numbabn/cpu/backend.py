@@ -8,7 +8,8 @@ between.  Every function here assumes its inputs were checked by
 import numpy as np
 
 from .. import _channel_math as cm
-from .._validate import Layout, compute_dtype, stats_dtype
+from .._validate import Layout, stats_dtype
+from ._arrays import destination, finish, kernel_view
 from . import backward as _backward
 from . import forward as _forward
 from . import groups as _groups
@@ -45,44 +46,12 @@ def _as_float64(v):
 
 def _view3(a, lay):
     """C-contiguous (A, C, B) view in the compute dtype (copies only if needed)."""
-    dtype = compute_dtype(a.dtype)
-    if a.dtype is not dtype or not a.flags.c_contiguous:
-        a = np.ascontiguousarray(a, dtype=dtype)
-    return a.reshape(lay.A, lay.C, lay.B)
+    return kernel_view(a, (lay.A, lay.C, lay.B))
 
 
 def _output3(out, lay, dtype, *inputs):
-    """Where a kernel writes: ``(buffer, direct)``.
-
-    ``out`` itself is used (``direct``) when it is C-contiguous in the compute
-    dtype and, for each input, is either that input's own buffer (an in-place
-    call, safe because every kernel reads an element before writing it) or
-    shares no memory with it.  Otherwise the kernel writes a fresh buffer.
-    """
-    if (
-        out is not None
-        and out.flags.c_contiguous
-        and out.dtype == dtype
-        and all(not np.may_share_memory(out, a) or _same_buffer(out, a) for a in inputs)
-    ):
-        return out.reshape(lay.A, lay.C, lay.B), True
-    return np.empty((lay.A, lay.C, lay.B), dtype=dtype), False
-
-
-def _same_buffer(a, b):
-    return a is b or (
-        a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
-        and a.size == b.size
-    )
-
-
-def _finish(result3, direct, like, out):
-    """Return the result in ``like``'s dtype and shape, copied into ``out`` if needed."""
-    if out is None:
-        return result3.reshape(like.shape).astype(like.dtype, copy=False)
-    if not direct:
-        out[...] = result3.reshape(out.shape)
-    return out
+    """Where a kernel writes the (A, C, B) result (see :func:`numbabn.cpu._arrays.destination`)."""
+    return destination(out, (lay.A, lay.C, lay.B), dtype, *inputs)
 
 
 def welford(x, lay):
@@ -109,7 +78,7 @@ def normalize(x, lay, mean, invstd, weight, bias, out):
     )
     y3, direct = _output3(out, lay, x3.dtype, x3)
     _normalize.normalize(x3, scale, shift, y3)
-    return _finish(y3, direct, x, out)
+    return finish(y3, direct, x, out)
 
 
 def _vector_or(v, fill, C):
@@ -129,7 +98,7 @@ def forward_train(x, lay, weight, bias, eps, out, running_mean, running_var, mom
     else:
         r3, y3, direct = _fused_output(x3, residual, out, lay)
         mean, m2, invstd = _forward.forward_train_fused(x3, weight, bias, eps, y3, act, r3)
-    y = _finish(y3, direct, x, out)
+    y = finish(y3, direct, x, out)
     if running_mean is not None:
         update_running(running_mean, running_var, mean, m2, lay.count, momentum)
     dtype = stats_dtype(x.dtype)
@@ -142,7 +111,7 @@ def forward_train_moments(x, lay, weight, bias, eps, out):
     y3, direct = _output3(out, lay, x3.dtype, x3)
     mean, m2, _ = _forward.forward_train(
         x3, _vector_or(weight, 1.0, lay.C), _vector_or(bias, 0.0, lay.C), eps, y3)
-    return _finish(y3, direct, x, out), mean, m2
+    return finish(y3, direct, x, out), mean, m2
 def _fused_output(x3, residual, out, lay):
     """``(r3, y3, direct)``: the residual's view, and where a fused forward writes.
 
@@ -181,7 +150,7 @@ def forward_infer(x, lay, running_mean, running_var, weight, bias, eps, out, act
     else:
         r3, y3, direct = _fused_output(x3, residual, out, lay)
         _normalize.normalize_fused(x3, scale, shift, y3, act, r3)
-    return _finish(y3, direct, x, out)
+    return finish(y3, direct, x, out)
 
 
 def backward_reduce(dy, x, lay, mean):
@@ -203,7 +172,7 @@ def backward_apply_coefficients(dy, x, lay, mean, k_dy, k_x, k_0, out):
     x3 = _view3(x, lay)
     dx3, direct = _output3(out, lay, dy3.dtype, dy3, x3)
     _backward.backward_apply(dy3, x3, _as_float64(mean), k_dy, k_x, k_0, dx3)
-    return _finish(dx3, direct, dy, out)
+    return finish(dx3, direct, dy, out)
 
 
 def backward(dy, x, lay, mean, invstd, weight, training, out, act=None, y=None,
@@ -227,7 +196,7 @@ def backward(dy, x, lay, mean, invstd, weight, training, out, act=None, y=None,
     else:
         sum_dy, sum_dy_xmu = _backward.backward(
             dy3, x3, _as_float64(mean), invstd, _vector_or(weight, 1.0, lay.C), training, dx3)
-    dx = _finish(dx3, direct, dy, out)
+    dx = finish(dx3, direct, dy, out)
     grad_dtype = weight.dtype if weight is not None else stats_dtype(x.dtype)
     # Both are fresh float64 vectors: no copy needed when the gradients are float64.
     # An empty batch has no x-hat (its statistics may be NaN): its dweight is 0.
@@ -260,7 +229,7 @@ def group_train(x, slay, weight, bias, eps, out):
     y3, direct = _output3(out, lay, x3.dtype, x3)
     mean, m2, _ = kernel(x3, slay.C // slay.G, _vector_or(weight, 1.0, slay.C),
                          _vector_or(bias, 0.0, slay.C), eps, y3)
-    y = _finish(y3, direct, x, out)
+    y = finish(y3, direct, x, out)
     return y, mean.reshape(slay.N, slay.G), m2.reshape(slay.N, slay.G)
 
 
@@ -275,7 +244,7 @@ def group_backward(dy, x, slay, mean, invstd, weight, out):
     w = _vector_or(weight, 1.0, slay.C)
     seg_s, seg_p = _groups.backward_rows(dy3, x3, cpg, mean.reshape(-1), invstd.reshape(-1), w,
                                          dx3)
-    dx = _finish(dx3, direct, dy, out)
+    dx = finish(dx3, direct, dy, out)
     s = seg_s.reshape(slay.N, slay.C)
     p = seg_p.reshape(slay.N, slay.G, cpg) * invstd.reshape(slay.N, slay.G, 1)
     return dx, p.reshape(slay.N, slay.C).sum(axis=0), s.sum(axis=0)
@@ -296,7 +265,7 @@ def renorm_forward_train(x, lay, weight, bias, eps, out, running_mean, running_v
     stats = _renorm.renorm_train(
         x3, _native_vector(running_mean), _native_vector(running_var),
         _vector_or(weight, 1.0, lay.C), _vector_or(bias, 0.0, lay.C), eps, rmax, dmax, y3)
-    y = _finish(y3, direct, x, out)
+    y = finish(y3, direct, x, out)
     mean, m2 = stats[0], stats[1]
     update_running(running_mean, running_var, mean, m2, lay.count, momentum)
     dtype = stats_dtype(x.dtype)
@@ -320,9 +289,9 @@ def _backward_fused(dy, x, lay, mean, invstd, weight, training, out, act, y, res
         sum_dy, sum_dy_xmu = _backward.backward_fused(
             dy3, x3, _as_float64(mean), invstd, _vector_or(weight, 1.0, lay.C), training, dx3,
             act, y3, dr3)
-    dx = _finish(dx3, direct, dy, out)
+    dx = finish(dx3, direct, dy, out)
     grad_dtype = weight.dtype if weight is not None else stats_dtype(x.dtype)
     dweight = sum_dy_xmu * invstd if x3.size else sum_dy_xmu  # empty: 0, not NaN
     grads = (dx, dweight.astype(grad_dtype, copy=False),
              sum_dy.astype(grad_dtype, copy=False))
-    return (*grads, _finish(dr3, True, dy, None)) if residual else grads
+    return (*grads, finish(dr3, True, dy, None)) if residual else grads

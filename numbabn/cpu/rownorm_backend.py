@@ -7,17 +7,10 @@ work.  Statistics come back as ``(R,)`` vectors, gradients as ``(D,)``.
 """
 import numpy as np
 
-from .._validate import compute_dtype, stats_dtype
+from .._validate import stats_dtype
 from . import rownorm
+from ._arrays import destination, finish, kernel_view
 from ._chunks import serial
-
-
-def _rows(a, R, D):
-    """C-contiguous (R, D) view in the compute dtype (copies only if needed)."""
-    dtype = compute_dtype(a.dtype)
-    if a.dtype != dtype or not a.flags.c_contiguous:
-        a = np.ascontiguousarray(a, dtype=dtype)
-    return a.reshape(R, D)
 
 
 def _vector(v, fill, D, dtype):
@@ -27,42 +20,15 @@ def _vector(v, fill, D, dtype):
     return np.ascontiguousarray(np.asarray(v).reshape(D), dtype=dtype)
 
 
-def _destination(out, R, D, dtype, *inputs):
-    """``(buffer, direct)``: ``out`` itself when the kernel may write it (see cpu.backend)."""
-    if (
-        out is not None
-        and out.flags.c_contiguous
-        and out.dtype == dtype
-        and all(not np.may_share_memory(out, a) or _same_buffer(out, a) for a in inputs)
-    ):
-        return out.reshape(R, D), True
-    return np.empty((R, D), dtype), False
-
-
-def _same_buffer(a, b):
-    return a is b or (
-        a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
-        and a.size == b.size
-    )
-
-
-def _finish(result, direct, like, out):
-    if out is None:
-        return result.reshape(like.shape).astype(like.dtype, copy=False)
-    if not direct:
-        out[...] = result.reshape(out.shape)
-    return out
-
-
 def row_norm_forward(x, R, D, weight, bias, eps, centered, out):
     """Layer norm (``centered``) or RMS norm of the rows of ``x``: ``(y, mean, rstd)``.
 
     ``mean`` and ``rstd`` are (R,) in the statistics dtype (``mean`` is None
     for RMS norm).
     """
-    x2 = _rows(x, R, D)
+    x2 = kernel_view(x, (R, D))
     dtype = x2.dtype
-    y2, direct = _destination(out, R, D, dtype, x2)
+    y2, direct = destination(out, (R, D), dtype, x2)
     if x2.size:
         mean, rstd = rownorm.forward(
             x2, _vector(weight, 1, D, dtype), _vector(bias, 0, D, dtype), eps, centered, y2,
@@ -70,7 +36,7 @@ def row_norm_forward(x, R, D, weight, bias, eps, centered, out):
     else:  # no rows, or empty rows (PyTorch: mean 0, rstd NaN)
         mean = np.zeros(R)
         rstd = np.full(R, np.nan)
-    y = _finish(y2, direct, x, out)
+    y = finish(y2, direct, x, out)
     sd = stats_dtype(x.dtype)
     return y, (mean.astype(sd) if centered else None), rstd.astype(sd)
 
@@ -81,10 +47,10 @@ def row_norm_backward(dy, x, R, D, mean, rstd, weight, centered, grad_dtype, out
     ``dweight`` and ``dbias`` are (D,) of ``grad_dtype``; ``mean`` is None
     for RMS norm.
     """
-    dy2 = _rows(dy, R, D)
-    x2 = _rows(x, R, D)
+    dy2 = kernel_view(dy, (R, D))
+    x2 = kernel_view(x, (R, D))
     dtype = x2.dtype
-    dx2, direct = _destination(out, R, D, dtype, dy2, x2)
+    dx2, direct = destination(out, (R, D), dtype, dy2, x2)
     if x2.size:
         mean64 = (np.zeros(R) if mean is None
                   else np.ascontiguousarray(np.asarray(mean).reshape(R), np.float64))
@@ -94,5 +60,5 @@ def row_norm_backward(dy, x, R, D, mean, rstd, weight, centered, grad_dtype, out
             not serial(x2.size))
     else:
         dweight, dbias = np.zeros(D), np.zeros(D)
-    return (_finish(dx2, direct, dy, out), dweight.astype(grad_dtype, copy=False),
+    return (finish(dx2, direct, dy, out), dweight.astype(grad_dtype, copy=False),
             dbias.astype(grad_dtype, copy=False))

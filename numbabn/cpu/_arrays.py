@@ -1,0 +1,50 @@
+"""How the CPU backend hands host arrays to kernels and results back: one set of rules.
+
+A kernel reads C-contiguous arrays in the compute dtype (float16 widened to
+float32) and writes either into the caller's ``out=`` or a fresh buffer.
+"""
+import numpy as np
+
+from .._validate import compute_dtype
+
+
+def kernel_view(a, shape):
+    """C-contiguous view of ``a`` as ``shape`` in the compute dtype (copies only if needed)."""
+    dtype = compute_dtype(a.dtype)
+    if a.dtype is not dtype or not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a, dtype=dtype)
+    return a.reshape(shape)
+
+
+def destination(out, shape, dtype, *inputs):
+    """Where a kernel writes: ``(buffer, direct)``.
+
+    ``out`` itself is used (``direct``) when it is C-contiguous in the compute
+    dtype and, for each input, is either that input's own buffer (an in-place
+    call, safe because every kernel reads an element before writing it) or
+    shares no memory with it.  Otherwise the kernel writes a fresh buffer.
+    """
+    if (
+        out is not None
+        and out.flags.c_contiguous
+        and out.dtype == dtype
+        and all(not np.may_share_memory(out, a) or same_buffer(out, a) for a in inputs)
+    ):
+        return out.reshape(shape), True
+    return np.empty(shape, dtype=dtype), False
+
+
+def same_buffer(a, b):
+    return a is b or (
+        a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+        and a.size == b.size
+    )
+
+
+def finish(result, direct, like, out):
+    """Return the result in ``like``'s dtype and shape, copied into ``out`` if needed."""
+    if out is None:
+        return result.reshape(like.shape).astype(like.dtype, copy=False)
+    if not direct:
+        out[...] = result.reshape(out.shape)
+    return out
