@@ -102,6 +102,20 @@ class Module:
                 f"move one of them (layer.to(...))"
             )
 
+    def _backward_input(self, dy, shape=None):
+        """``dy`` as an array, checked against the last forward (whose context ``_saved``
+        starts with its input): ``RuntimeError`` without a forward, ``ValueError`` unless
+        ``dy`` has ``shape`` (default: the forward's input shape)."""
+        if self._saved is None:
+            raise RuntimeError("backward called before forward: call the layer on an input first")
+        shape = tuple(self._saved[0].shape if shape is None else shape)
+        dy = self._host_or_device(dy)
+        if tuple(dy.shape) != shape:
+            raise ValueError(
+                f"dy must have the shape of the forward's input {shape}, got {tuple(dy.shape)}"
+            )
+        return dy
+
     # ------------------------------------------------------------------ state
 
     def _state_keys(self):

@@ -268,15 +268,8 @@ class BatchNorm(_NormBase):
         ValueError
             When ``dy`` does not have the shape of the forward's input.
         """
-        if self._saved is None:
-            raise RuntimeError("backward called before forward: call the layer on an input first")
+        dy = self._backward_input(dy)
         x, mean, invstd, batch_stats = self._saved
-        dy = self._host_or_device(dy)
-        if tuple(dy.shape) != tuple(x.shape):
-            raise ValueError(
-                f"dy must have the shape of the forward's input {tuple(x.shape)}, "
-                f"got {tuple(dy.shape)}"
-            )
         fusion_saved = getattr(self, "_fusion_saved", None)
         self.grad_residual = None
         if fusion_saved is not None:

@@ -147,15 +147,8 @@ class BatchRenorm(_NormBase):
         ValueError
             When ``dy`` does not have the shape of the forward's input.
         """
-        if self._saved is None:
-            raise RuntimeError("backward called before forward: call the layer on an input first")
+        dy = self._backward_input(dy)
         x, mean, invstd, r, d = self._saved
-        dy = self._host_or_device(dy)
-        if tuple(dy.shape) != tuple(x.shape):
-            raise ValueError(
-                f"dy must have the shape of the forward's input {tuple(x.shape)}, "
-                f"got {tuple(dy.shape)}"
-            )
         if r is None:
             dx, dweight, dbias = F.batch_norm_backward(
                 dy, x, mean, invstd, self.weight, axis=self.axis, training=False)

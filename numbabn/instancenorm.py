@@ -117,15 +117,9 @@ class _InstanceNorm(_NormBase):
         :func:`numbabn.instance_norm_backward`; after an eval forward with
         running statistics, :math:`dx = \gamma\,dy / \sqrt{\hat\sigma^2 + \epsilon}`.
         """
-        if self._saved is None:
-            raise RuntimeError("backward called before forward: call the layer on an input first")
+        unbatched = self._saved is not None and self._saved[4]
+        dy = self._backward_input(dy, self._saved[0].shape[1:] if unbatched else None)
         x, mean, invstd, instance_stats, unbatched = self._saved
-        dy = self._host_or_device(dy)
-        expected = tuple(x.shape[1:]) if unbatched else tuple(x.shape)
-        if tuple(dy.shape) != expected:
-            raise ValueError(
-                f"dy must have the shape of the forward's input {expected}, got {tuple(dy.shape)}"
-            )
         if unbatched:
             dy = dy.reshape(tuple(x.shape))
         if instance_stats:

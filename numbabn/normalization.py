@@ -98,15 +98,8 @@ class GroupNorm(Module):
 
         Sets ``grad_weight`` and ``grad_bias`` (overwritten, not accumulated).
         """
-        if self._saved is None:
-            raise RuntimeError("backward called before forward: call the layer on an input first")
+        dy = self._backward_input(dy)
         x, mean, invstd = self._saved
-        dy = self._host_or_device(dy)
-        if tuple(dy.shape) != tuple(x.shape):
-            raise ValueError(
-                f"dy must have the shape of the forward's input {tuple(x.shape)}, "
-                f"got {tuple(dy.shape)}"
-            )
         dx, dweight, dbias = F.group_norm_backward(dy, x, mean, invstd, self.num_groups,
                                                    self.weight, axis=self.axis)
         if self.weight is not None:
@@ -148,18 +141,6 @@ class _RowNorm(Module):
         x = self._host_or_device(x)
         self._check_placement(x)
         return x
-
-    def _saved_input(self, dy):
-        if self._saved is None:
-            raise RuntimeError("backward called before forward: call the layer on an input first")
-        x = self._saved[0]
-        dy = self._host_or_device(dy)
-        if tuple(dy.shape) != tuple(x.shape):
-            raise ValueError(
-                f"dy must have the shape of the forward's input {tuple(x.shape)}, "
-                f"got {tuple(dy.shape)}"
-            )
-        return dy
 
     def extra_repr(self):
         return (f"{self.normalized_shape}, eps={self.eps}, "
@@ -219,7 +200,7 @@ class LayerNorm(_RowNorm):
     def backward(self, dy):
         r"""dx of the last forward; sets ``grad_weight`` :math:`= \sum dy\,\hat x` and
         ``grad_bias`` :math:`= \sum dy` (sums over the rows) where the layer has them."""
-        dy = self._saved_input(dy)
+        dy = self._backward_input(dy)
         x, mean, invstd = self._saved
         dx, dweight, dbias = FR.layer_norm_backward(
             dy, x, mean, invstd, self.normalized_shape, self.weight)
@@ -271,7 +252,7 @@ class RMSNorm(_RowNorm):
 
     def backward(self, dy):
         r"""dx of the last forward; sets ``grad_weight`` :math:`= \sum dy\,\hat x` when affine."""
-        dy = self._saved_input(dy)
+        dy = self._backward_input(dy)
         x, invrms = self._saved
         dx, dweight = FR.rms_norm_backward(dy, x, invrms, self.normalized_shape, self.weight)
         if self.weight is not None:
