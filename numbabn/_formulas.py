@@ -76,6 +76,33 @@ def backward_coefficients(inv, weight, sum_dy, sum_dy_xmu, m):
     return k_dy, -k_dy * inv * inv * (sum_dy_xmu / m), -k_dy * (sum_dy / m)
 
 
+def renorm_correction(mean, var, running_mean, running_var, eps, rmax, dmax):
+    r"""Batch renormalization's ``(invstd, r, d)`` of one channel (Ioffe, 2017).
+
+    .. math::
+
+        \sigma_B = \sqrt{\mathrm{var} + \epsilon},\quad
+        \sigma_R = \sqrt{\hat\sigma^2 + \epsilon},\quad
+        r = \mathrm{clip}(\sigma_B/\sigma_R, 1/r_{max}, r_{max}),\quad
+        d = \mathrm{clip}((\mu_B - \hat\mu)/\sigma_R, -d_{max}, d_{max})
+
+    The clips let NaN through, as ``numpy.clip`` does.
+    """
+    sigma = sqrt(var + eps)
+    sigma_r = sqrt(running_var + eps)
+    r = sigma / sigma_r
+    if r < 1.0 / rmax:
+        r = 1.0 / rmax
+    elif r > rmax:
+        r = rmax
+    d = (mean - running_mean) / sigma_r
+    if d < -dmax:
+        d = -dmax
+    elif d > dmax:
+        d = dmax
+    return 1.0 / sigma, r, d
+
+
 def for_numpy(formula):
     """A copy of ``formula`` whose ``sqrt`` is NumPy's: it then runs on arrays, elementwise."""
     namespace = dict(formula.__globals__, sqrt=np.sqrt)

@@ -25,29 +25,17 @@ orders (planes, blocks, rows) and their serial twins are those of
 import numpy as np
 from numba import njit, prange
 
+from . import formulas
 from ._chunks import BLOCKS_MAX_B, ROWS_MAX_B, channel_blocks, channel_runs, row_pieces, serial
 from .moments import _moments_rows, _moments_rows_serial, block_moments, channel_planes_moments
 from .normalize import normalize_block, normalize_channel, normalize_rows_piece
 
 
 @njit(cache=True)
-def clip(v, lo, hi):
-    """``numpy.clip`` of a scalar: NaN passes through."""
-    if v < lo:
-        return lo
-    if v > hi:
-        return hi
-    return v
-
-
-@njit(cache=True)
 def renorm_affine(mu, m2, count, run_mean, run_var, weight, bias, eps, rmax, dmax):
     """``(invstd, r, d, scale, shift)`` of one channel (float64)."""
-    sigma = np.sqrt(m2 / count + eps)
-    invstd = 1.0 / sigma
-    sigma_r = np.sqrt(run_var + eps)
-    r = clip(sigma / sigma_r, 1.0 / rmax, rmax)
-    d = clip((mu - run_mean) / sigma_r, -dmax, dmax)
+    invstd, r, d = formulas.renorm_correction(mu, m2 / count, run_mean, run_var, eps, rmax,
+                                              dmax)
     scale = invstd * (weight * r)
     return invstd, r, d, scale, (bias + weight * d) - mu * scale
 

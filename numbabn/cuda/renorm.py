@@ -14,20 +14,9 @@ same order):
 the effective affine :math:`(\gamma r, \beta + \gamma d)` for the normalize
 kernel, and the running update of batch norm (after r and d are formed).
 """
-import math
-
+from . import formulas
 from ._runtime import cuda
 from .finalize import merge_channel
-
-
-@cuda.jit(device=True)
-def clip(v, lo, hi):
-    """``min(max(v, lo), hi)`` that lets NaN through, as ``numpy.clip``."""
-    if v < lo:
-        return lo
-    if v > hi:
-        return hi
-    return v
 
 
 @cuda.jit
@@ -38,13 +27,8 @@ def renorm_stats(part_n, part_mean, part_m2, Bp, eps, momentum, rmax, dmax,
     c = cuda.blockIdx.x
     n, mean, m2 = merge_channel(part_n, part_mean, part_m2, Bp)
     if cuda.threadIdx.x == 0:
-        sigma = math.sqrt(m2 / n + eps)
-        invstd = 1.0 / sigma
-        old_mean = float(running_mean[c])
-        old_var = float(running_var[c])
-        sigma_r = math.sqrt(old_var + eps)
-        r = clip(sigma / sigma_r, 1.0 / rmax, rmax)
-        d = clip((mean - old_mean) / sigma_r, -dmax, dmax)
+        invstd, r, d = formulas.renorm_correction(
+            mean, m2 / n, float(running_mean[c]), float(running_var[c]), eps, rmax, dmax)
         gamma = float(weight[c]) if has_weight else 1.0
         beta = float(bias[c]) if has_bias else 0.0
         saved[0, c] = mean
