@@ -3,13 +3,15 @@ r"""Group norm's kernels where the affine is per channel inside a statistics row
 Two views, as in :mod:`numbabn._engine`:
 
 - NCHW, (1, N*G, L) with L = (C/G)*B: a row is one (sample, group), C/G
-  segments of B values, one per channel.  Each thread takes whole rows,
-  reduces a row (:func:`numbabn.cpu.rows.row_moments`) and normalizes it,
-  segment by segment, while it is still in cache,
+  segments of B values, one per channel.  Each thread takes a piece of whole
+  rows, reduces a row (the engine's :func:`numbabn.cpu.rows.row_moments`,
+  one pass about a shift) and normalizes it, segment by segment, while it is
+  still in cache, in the compute dtype with the mean split into a head and a
+  tail of that dtype (as layer norm, :mod:`numbabn.cpu.rownorm`),
 
   .. math::
 
-      y = x\,\gamma_c\sigma^{-1} + (\beta_c - \mu\,\gamma_c\sigma^{-1});
+      y = ((x - \mu_{hi}) - \mu_{lo})\,(\gamma_c\sigma^{-1}) + \beta_c;
 
   its backward reduces each segment to :math:`S_c = \sum dy` and
   :math:`P_c = \sum dy\,(x - \mu)` (batch norm's per-piece sums), forms the
@@ -31,41 +33,54 @@ from .backward import _piece_sums
 from .forward import affine_from_moments
 from .moments import _moments_rows, _moments_rows_serial
 from .normalize import normalize_rows_piece
-from .rows import row_moments
+from .rownorm import row_cut
+from .rows import lanes, row_moments
 
 
-@njit(cache=True)
-def _train_row(x3, r, cpg, weight, bias, eps, y3, mean, m2, invstd):
-    L = x3.shape[2]
+@njit(cache=True, error_model="numpy")
+def _train_piece(x2, r0, r1, cpg, weight, bias, eps, y2, mean, m2, invstd):
+    """Rows ``r0:r1`` of the (N*G, L) view: statistics, then each channel's segment."""
+    L = x2.shape[1]
     B = L // cpg
     G = weight.size // cpg
-    mu, q = row_moments(x3, r)
-    c0 = (r % G) * cpg
-    ur = uint64(r)
-    for j in range(cpg):
-        invstd[r], s, t = affine_from_moments(mu, q, float(L), weight[c0 + j], bias[c0 + j], eps)
-        first = uint64(j * B)
-        for b in range(B):
-            i = first + uint64(b)
-            y3[0, ur, i] = x3[0, ur, i] * s + t
-    mean[r], m2[r] = mu, q
+    acc1, acc2 = lanes()
+    tv = np.empty(4, x2.dtype)  # mean head and tail, then the segment's scale and shift
+    for r in range(r0, r1):
+        mu, q = row_moments(x2, r, acc1, acc2, tv)
+        mean[r], m2[r] = mu, q
+        mhi = tv[0]
+        mlo = tv[1]
+        c0 = (r % G) * cpg
+        ur = uint64(r)
+        for j in range(cpg):
+            rs, s, _ = affine_from_moments(mu, q, float(L), weight[c0 + j], bias[c0 + j], eps)
+            invstd[r] = rs
+            tv[2] = s
+            tv[3] = bias[c0 + j]
+            scale = tv[2]
+            shift = tv[3]
+            first = uint64(j * B)
+            for b in range(B):
+                i = first + uint64(b)
+                y2[ur, i] = ((x2[ur, i] - mhi) - mlo) * scale + shift
 
 
 @njit(parallel=True, cache=True)
-def _train_rows(x3, cpg, weight, bias, eps, y3):
-    R = x3.shape[1]
+def _train_rows(x2, cpg, weight, bias, eps, y2):
+    R = x2.shape[0]
     mean, m2, invstd = np.empty(R), np.empty(R), np.empty(R)
-    for r in prange(R):
-        _train_row(x3, r, cpg, weight, bias, eps, y3, mean, m2, invstd)
+    rows, pieces = row_cut(R, x2.shape[1])
+    for k in prange(pieces):
+        _train_piece(x2, k * rows, min((k + 1) * rows, R), cpg, weight, bias, eps, y2, mean, m2,
+                     invstd)
     return mean, m2, invstd
 
 
 @njit(cache=True)
-def _train_rows_serial(x3, cpg, weight, bias, eps, y3):
-    R = x3.shape[1]
+def _train_rows_serial(x2, cpg, weight, bias, eps, y2):
+    R = x2.shape[0]
     mean, m2, invstd = np.empty(R), np.empty(R), np.empty(R)
-    for r in range(R):
-        _train_row(x3, r, cpg, weight, bias, eps, y3, mean, m2, invstd)
+    _train_piece(x2, 0, R, cpg, weight, bias, eps, y2, mean, m2, invstd)
     return mean, m2, invstd
 
 
@@ -75,7 +90,7 @@ def train_rows(x3, cpg, weight, bias, eps, y3):
     ``weight``/``bias`` are float64 vectors of the C channels.
     """
     kernel = _train_rows_serial if serial(x3.size) else _train_rows
-    return kernel(x3, cpg, weight, bias, eps, y3)
+    return kernel(x3[0], cpg, weight, bias, eps, y3[0])
 
 
 @njit(cache=True)

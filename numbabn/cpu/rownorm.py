@@ -27,17 +27,11 @@ with :math:`\mu = 0` and :math:`\beta = 0` for RMS norm (then
 
 without the :math:`\frac{1}{D}\sum g` term for RMS norm.
 
-Precision.  Row statistics are float64, in independent lanes added in a
-fixed order: layer norm's are two passes over the row while it is in cache,
-the mean, then the squares about it (never :math:`E[x^2]-E[x]^2`); RMS
-norm's is the sum of squares.  Groups of four values are added before they
-reach a lane (exactly, for the float32 sums of the mean; in the row's dtype
-for squares, positive terms, a few units in the last place), so the lanes
-see a quarter of the loads and stores.  These are not the engine's
-:func:`numbabn.cpu.rows.row_moments`, which allocates lane scratch per row
-and updates a lane per value (the batch-norm kernels' bits depend on that):
-on rows of 768 float32 values it made the whole forward 1.4 times slower,
-on rows of 64 three times.
+Precision.  Row statistics are float64: layer norm's are the engine's
+(:func:`numbabn.cpu.rows.row_moments`: one pass about a shift near the mean,
+a second where the shift misses; never :math:`E[x^2]-E[x]^2`), RMS norm's
+the sum of squares, groups of four squares added in the row's dtype (positive
+terms, a few units in the last place) before they reach a float64 lane.
 The elementwise arithmetic runs in the compute dtype (float32 for float16
 and float32 input, as PyTorch's ``opmath``), with the mean split into a
 float32 head and tail, :math:`x - \mu = (x - \mu_{hi}) - \mu_{lo}`: for data
@@ -52,8 +46,7 @@ and the parallel and serial twins agree bit for bit.
 import numpy as np
 from numba import njit, prange, uint64
 
-#: Independent float64 accumulators of a row sum (vectorizes without fastmath).
-LANES = 16
+from .rows import LANES, centred_square_sum, lanes, row_moments
 
 #: A piece of work holds about this many elements (whole rows; at least one row).
 PIECE_ELEMENTS = 1 << 16
@@ -73,87 +66,24 @@ def row_cut(R, D):
     return rows, (R + rows - 1) // rows
 
 
-@njit(cache=True, error_model="numpy")
-def _centred_square_sum(xr, mhi, mlo, acc):
-    r"""Float64 :math:`\sum_j ((x_j - m_{hi}) - m_{lo})^2` over one row, in ``len(acc)`` lanes.
-
-    The difference is formed in the row's dtype (exact for float32 data near
-    the mean) and squared there; groups of four squares go into float64 lanes.
-    With ``mhi = mlo = 0`` this is the sum of squares of RMS norm.  Lanes are
-    added in a fixed order.
-    """
-    D = xr.shape[0]
-    L = acc.shape[0]
-    for lane in range(L):
-        acc[lane] = 0.0
-    step = 4 * L
-    full = D - D % step
-    for k in range(D // step):
-        base = uint64(k * step)  # unsigned: no negative-index wraparound, so no gathers
-        for lane in range(L):
-            i = base + uint64(lane)
-            d0 = (xr[i] - mhi) - mlo
-            d1 = (xr[i + uint64(L)] - mhi) - mlo
-            d2 = (xr[i + uint64(2 * L)] - mhi) - mlo
-            d3 = (xr[i + uint64(3 * L)] - mhi) - mlo
-            # Four squares summed in the row's dtype (positive terms: a relative error of
-            # a few units in the last place, far below the result's), then in float64.
-            acc[lane] += np.float64((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3))
-    total = 0.0
-    for j in range(full, D):
-        d = np.float64((xr[j] - mhi) - mlo)
-        total += d * d
-    for lane in range(L):
-        total += acc[lane]
-    return total
-
-
-@njit(cache=True, error_model="numpy")
-def _row_sum(xr, acc):
-    """Float64 sum of one row, in ``len(acc)`` lanes added in a fixed order."""
-    D = xr.shape[0]
-    L = acc.shape[0]
-    for lane in range(L):
-        acc[lane] = 0.0
-    step = 4 * L
-    full = D - D % step
-    u1, u2, u3 = uint64(L), uint64(2 * L), uint64(3 * L)  # unsigned: no wraparound checks
-    for k in range(D // step):
-        base = uint64(k * step)
-        for lane in range(L):
-            i = base + uint64(lane)
-            # float32 values add exactly in float64 (pairs, then pairs of pairs but for
-            # exponents far apart): the groups of four lose nothing that matters, and
-            # the lanes see a quarter of the loads and stores.
-            acc[lane] += ((np.float64(xr[i]) + np.float64(xr[i + u1]))
-                          + (np.float64(xr[i + u2]) + np.float64(xr[i + u3])))
-    total = 0.0
-    for j in range(full, D):
-        total += np.float64(xr[j])
-    for lane in range(L):
-        total += acc[lane]
-    return total
-
-
-@njit(cache=True, error_model="numpy")
-def row_statistics(xr, centered, eps, acc, tv):
-    """``(mean, rstd)`` in float64 of one contiguous row; ``tv`` (4 values of the row's
+@njit(cache=True, error_model="numpy", inline="always")
+def row_statistics(x, r, centered, eps, acc1, acc2, tv):
+    """``(mean, rstd)`` in float64 of row ``r`` of ``x``; ``tv`` (4 values of the row's
     dtype) receives ``(mean_hi, mean_lo, rstd)`` rounded to that dtype for the elementwise
     loops.
 
-    Layer norm (``centered``): two passes over the row (in cache), the mean,
-    then the squares about it.  RMS norm: one pass, the sum of squares (mean
-    reported as 0).
+    Layer norm (``centered``): the engine's :func:`numbabn.cpu.rows.row_moments`
+    (one pass about a shift, two where the shift misses).  RMS norm: one pass,
+    the sum of squares (mean reported as 0).
     """
-    D = xr.shape[0]
-    mean = 0.0
-    tv[0] = 0.0
-    tv[1] = 0.0
+    D = x.shape[1]
     if centered:
-        mean = _row_sum(xr, acc) / D
-        tv[0] = mean
-        tv[1] = mean - np.float64(tv[0])
-    m2 = _centred_square_sum(xr, tv[0], tv[1], acc)
+        mean, m2 = row_moments(x, r, acc1, acc2, tv)
+    else:
+        mean = 0.0
+        tv[0] = 0.0
+        tv[1] = 0.0
+        m2 = centred_square_sum(x, r, tv[0], tv[1], acc1)
     rstd = 1.0 / np.sqrt(m2 / D + eps)
     tv[2] = rstd
     return mean, rstd
@@ -162,22 +92,23 @@ def row_statistics(xr, centered, eps, acc, tv):
 @njit(cache=True, error_model="numpy")
 def _forward_piece(x, r0, r1, w, b, eps, centered, y, mean, rstd):
     """Rows ``r0:r1``: statistics, then ``y = ((x - mu_hi) - mu_lo) * rstd * w + b``."""
-    acc = np.empty(LANES)
+    acc1, acc2 = lanes()
     tv = np.empty(4, x.dtype)
     D = x.shape[1]
     for r in range(r0, r1):
-        xr = x[r]
-        yr = y[r]
-        mean[r], rstd[r] = row_statistics(xr, centered, eps, acc, tv)
+        mean[r], rstd[r] = row_statistics(x, r, centered, eps, acc1, acc2, tv)
         mhi = tv[0]
         mlo = tv[1]
         s = tv[2]
+        ur = uint64(r)  # indexed directly: a row view's reference count costs more than it
         if centered:
             for j in range(D):
-                yr[j] = ((xr[j] - mhi) - mlo) * s * w[j] + b[j]
+                uj = uint64(j)
+                y[ur, uj] = ((x[ur, uj] - mhi) - mlo) * s * w[uj] + b[uj]
         else:
             for j in range(D):
-                yr[j] = xr[j] * s * w[j]
+                uj = uint64(j)
+                y[ur, uj] = x[ur, uj] * s * w[uj]
 
 
 @njit(parallel=True, cache=True, error_model="numpy")

@@ -1,57 +1,209 @@
-r"""The engine's statistics of contiguous rows: exact float64 mean and M2 of each row of (R, L).
+r"""The engine's statistics of one contiguous row: float64 mean and M2, read once.
 
-Every member of the family whose statistics run along contiguous memory
-(instance and group norm in NCHW, layer and RMS norm) reduces rows of an
-(R, L) view.  A row is batch norm's channel of the (1, R, L) view, so its
-statistics are :func:`numbabn.cpu.moments.channel_planes_moments`' exactly:
-pieces of at most ``PIECE_ELEMENTS`` values reduced in two passes while they
-sit in cache,
+Every member whose statistics run along contiguous memory (group norm in
+NCHW, layer norm, RMS norm) reduces rows: a row is reduced and then, while it
+is still in the L1/L2 cache, normalized or differentiated.  Reading the row is
+the expensive part, so :func:`row_moments` reads it once in the common case.
+
+One pass about a shift.  With :math:`c` the mean of up to ``SHIFT_SAMPLES``
+values spread along the row (rounded to the row's dtype) and
+:math:`d_j = x_j - c`,
 
 .. math::
 
-    \bar x_k = \frac{1}{n_k}\sum_{i \in k} x_i, \qquad
-    M_{2,k} = \sum_{i \in k} (x_i - \bar x_k)^2,
+    S_1 = \sum_j d_j, \qquad S_2 = \sum_j d_j^2, \qquad
+    \mu = c + \frac{S_1}{n}, \qquad M_2 = S_2 - \frac{S_1^2}{n}.
 
-merged in order with Chan's update.  One code path, one rounding behaviour,
-for every member.
+This is :math:`\sum (x - \mu)^2 = \sum (x - c)^2 - n(\mu - c)^2`, exact
+algebra; its subtraction cancels only as far as the shift misses the mean,
+by the fraction :math:`\rho = S_1^2 / (n S_2) = (\mu - c)^2 / (\sigma^2 + (\mu - c)^2)`.
+The result is kept only when :math:`\rho \le` ``ACCEPT_CANCELLATION`` (1/4:
+the shift lies within :math:`0.58\sigma` of the mean, and :math:`M_2`'s
+relative error is at most 4/3 of :math:`S_2`'s); otherwise, or when a sum is
+not finite, the row is read again with the two-pass computation (the mean,
+then the squares about it, :func:`_row_sum` and :func:`centred_square_sum`).
+A sample mean of 32 values misses the mean by about :math:`\sigma/\sqrt{32}`
+(:math:`\rho \approx 0.03`), so the second pass is for rows whose sampled
+values are not typical of them (a constant border, sorted data).
+:math:`E[x^2] - E[x]^2` (:math:`c = 0`) is never formed.
+
+Precision.  :math:`d_j` is formed in the row's dtype: exact when
+:math:`x_j` is within a factor of two of :math:`c` (data far from zero such as
+``1e4 + N(0, 1)``), otherwise rounded relative to :math:`|d_j|` itself, not
+to the offset.  Groups of four :math:`d_j` and of four :math:`d_j^2` are added
+in the row's dtype (positive terms for the squares, a few units in the last
+place), then in float64 lanes added in a fixed order, so the lanes see a
+quarter of the loads and stores.  A loop over independent lanes vectorizes
+without reassociating any sum (fastmath stays off).  The results depend on
+the row alone: every thread count, cut and caller gets the same bits.
 """
 import numpy as np
-from numba import njit, prange
+from numba import float64, njit, uint64
 
-from ._chunks import serial
-from .moments import channel_planes_moments
+#: Independent float64 accumulators of a row sum (vectorizes without fastmath).
+LANES = 16
+
+#: The shift is the mean of at most this many values spread along the row.
+SHIFT_SAMPLES = 32
+
+#: Largest accepted cancellation fraction S1^2 / (n S2) of the one-pass result.
+ACCEPT_CANCELLATION = 0.25
 
 
-@njit(cache=True)
-def row_moments(x3, r):
-    """``(mean, M2)`` in float64 of row ``r`` of a (1, R, L) view (see the module docstring).
+@njit(cache=True, error_model="numpy")
+def lanes():
+    """Lane scratch of one thread: ``(acc1, acc2)``, float64 arrays of ``LANES``."""
+    return np.empty(LANES), np.empty(LANES)
 
-    Call it from inside a kernel that goes on to use the row while it is in
-    cache (normalize it, or differentiate it).
+
+@njit(cache=True, error_model="numpy", inline="always")
+def lane_total(acc):
+    """Sum of the lanes (a power of two of them) as a pairwise tree, in a fixed order.
+
+    Overwrites ``acc``.  A tree is a few add latencies deep where a running
+    sum is ``LANES`` deep, which counts on short rows.
     """
-    return channel_planes_moments(x3, r, None)
+    n = acc.shape[0]
+    while n > 1:
+        n //= 2
+        for lane in range(n):
+            acc[lane] += acc[lane + n]
+    return acc[0]
 
 
-@njit(parallel=True, cache=True)
-def _rows_moments(x3):
-    R = x3.shape[1]
-    mean, m2 = np.empty(R), np.empty(R)
-    for r in prange(R):
-        mean[r], m2[r] = row_moments(x3, r)
-    return mean, m2
+@njit(cache=True, error_model="numpy", inline="always")
+def _sample_mean(x, r):
+    """Float64 mean of up to ``SHIFT_SAMPLES`` values at an even stride along row ``r``."""
+    D = x.shape[1]
+    n = min(D, SHIFT_SAMPLES)
+    stride = D // n
+    ur = uint64(r)
+    p0 = p1 = p2 = p3 = 0.0  # four chains: a quarter of the add latency
+    k = 0
+    while k + 4 <= n:
+        p0 += float64(x[ur, uint64(k * stride)])
+        p1 += float64(x[ur, uint64((k + 1) * stride)])
+        p2 += float64(x[ur, uint64((k + 2) * stride)])
+        p3 += float64(x[ur, uint64((k + 3) * stride)])
+        k += 4
+    while k < n:
+        p0 += float64(x[ur, uint64(k * stride)])
+        k += 1
+    return ((p0 + p1) + (p2 + p3)) / n
 
 
-@njit(cache=True)
-def _rows_moments_serial(x3):
-    R = x3.shape[1]
-    mean, m2 = np.empty(R), np.empty(R)
-    for r in range(R):
-        mean[r], m2[r] = row_moments(x3, r)
-    return mean, m2
+@njit(cache=True, error_model="numpy", inline="always")
+def _shifted_sums(x, r, c, acc1, acc2):
+    r"""Float64 :math:`(\sum_j (x_j - c), \sum_j (x_j - c)^2)` over one row (module docstring)."""
+    D = x.shape[1]
+    ur = uint64(r)
+    L = acc1.shape[0]
+    for lane in range(L):
+        acc1[lane] = 0.0
+        acc2[lane] = 0.0
+    step = 4 * L
+    full = D - D % step
+    u1, u2, u3 = uint64(L), uint64(2 * L), uint64(3 * L)  # unsigned: no wraparound checks
+    for k in range(D // step):
+        base = uint64(k * step)
+        for lane in range(L):
+            i = base + uint64(lane)
+            d0 = x[ur, i] - c
+            d1 = x[ur, i + u1] - c
+            d2 = x[ur, i + u2] - c
+            d3 = x[ur, i + u3] - c
+            acc1[lane] += float64((d0 + d1) + (d2 + d3))
+            acc2[lane] += float64((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3))
+    s1 = 0.0
+    s2 = 0.0
+    for j in range(full, D):
+        d = float64(x[ur, j] - c)
+        s1 += d
+        s2 += d * d
+    return s1 + lane_total(acc1), s2 + lane_total(acc2)
 
 
-def rows_moments(x2):
-    """Per-row float64 ``(mean, M2)`` of a C-contiguous (R, L) array (float32 or float64)."""
-    x3 = x2.reshape(1, x2.shape[0], x2.shape[1])
-    kernel = _rows_moments_serial if serial(x2.size) else _rows_moments
-    return kernel(x3)
+@njit(cache=True, error_model="numpy")
+def centred_square_sum(x, r, mhi, mlo, acc):
+    r"""Float64 :math:`\sum_j ((x_j - m_{hi}) - m_{lo})^2` over one row, in ``len(acc)`` lanes.
+
+    ``mhi + mlo`` is the mean split into a head and a tail of the row's dtype:
+    the difference is formed in that dtype (exact for data near the mean) and
+    squared there; groups of four squares go into float64 lanes.  With
+    ``mhi = mlo = 0`` this is the sum of squares of RMS norm.
+    """
+    D = x.shape[1]
+    ur = uint64(r)
+    L = acc.shape[0]
+    for lane in range(L):
+        acc[lane] = 0.0
+    step = 4 * L
+    full = D - D % step
+    u1, u2, u3 = uint64(L), uint64(2 * L), uint64(3 * L)
+    for k in range(D // step):
+        base = uint64(k * step)
+        for lane in range(L):
+            i = base + uint64(lane)
+            d0 = (x[ur, i] - mhi) - mlo
+            d1 = (x[ur, i + u1] - mhi) - mlo
+            d2 = (x[ur, i + u2] - mhi) - mlo
+            d3 = (x[ur, i + u3] - mhi) - mlo
+            acc[lane] += float64((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3))
+    total = 0.0
+    for j in range(full, D):
+        d = float64((x[ur, j] - mhi) - mlo)
+        total += d * d
+    return total + lane_total(acc)
+
+
+@njit(cache=True, error_model="numpy")
+def _row_sum(x, r, acc):
+    """Float64 sum of one row, in ``len(acc)`` lanes added in a fixed order."""
+    D = x.shape[1]
+    ur = uint64(r)
+    L = acc.shape[0]
+    for lane in range(L):
+        acc[lane] = 0.0
+    step = 4 * L
+    full = D - D % step
+    u1, u2, u3 = uint64(L), uint64(2 * L), uint64(3 * L)
+    for k in range(D // step):
+        base = uint64(k * step)
+        for lane in range(L):
+            i = base + uint64(lane)
+            # float32 values add exactly in float64 (but for exponents far apart).
+            acc[lane] += ((float64(x[ur, i]) + float64(x[ur, i + u1]))
+                          + (float64(x[ur, i + u2]) + float64(x[ur, i + u3])))
+    total = 0.0
+    for j in range(full, D):
+        total += float64(x[ur, j])
+    return total + lane_total(acc)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def row_moments(x, r, acc1, acc2, tv):
+    """Float64 ``(mean, M2)`` of row ``r`` of a C-contiguous 2-D ``x`` (module docstring).
+
+    The helpers index ``x`` directly (no row views, whose reference counts
+    cost more than a short row's arithmetic).
+
+    ``acc1``/``acc2``: lane scratch (:func:`lanes`); ``tv``: at least two
+    values of the row's dtype, which receive ``(mean_hi, mean_lo)``, the mean
+    split into a head and a tail of that dtype for the elementwise loops that
+    follow (``x - mean`` as ``(x - mean_hi) - mean_lo``).
+    """
+    D = x.shape[1]
+    if D > 0:
+        tv[0] = _sample_mean(x, r)
+        c = tv[0]
+        s1, s2 = _shifted_sums(x, r, c, acc1, acc2)
+        # False for NaN; an infinite S2 with a finite S1 gives M2 = inf, as two passes do.
+        if s1 * s1 <= ACCEPT_CANCELLATION * D * s2:
+            mean = float64(c) + s1 / D
+            tv[0] = mean
+            tv[1] = mean - float64(tv[0])
+            return mean, s2 - s1 * s1 / D
+    mean = _row_sum(x, r, acc1) / D
+    tv[0] = mean
+    tv[1] = mean - float64(tv[0])
+    return mean, centred_square_sum(x, r, tv[0], tv[1], acc1)
