@@ -46,7 +46,7 @@ and the parallel and serial twins agree bit for bit.
 import numpy as np
 from numba import njit, prange, uint64
 
-from .rows import LANES, centred_square_sum, lanes, row_moments
+from .rows import LANES, centred_square_sum, lane_total, lanes, row_moments
 
 #: A piece of work holds about this many elements (whole rows; at least one row).
 PIECE_ELEMENTS = 1 << 16
@@ -142,15 +142,16 @@ def forward(x2, w, b, eps, centered, y2, parallel):
     return mean, rstd
 
 
-@njit(cache=True, error_model="numpy")
-def _backward_sums(dyr, xr, w, mhi, mlo, s, acc_g, acc_gx):
-    r"""Float64 ``(sum(g), sum(g * xhat))`` over one row, ``g = dy * w``.
+@njit(cache=True, error_model="numpy", inline="always")
+def _backward_sums(dy, x, r, w, mhi, mlo, s, acc_g, acc_gx):
+    r"""Float64 ``(sum(g), sum(g * xhat))`` over row ``r``, ``g = dy * w``.
 
     Groups of four terms are added in the row's dtype (their rounding is that
     of ``g`` itself), then go into ``len(acc_g)`` float64 lanes added in a
     fixed order.
     """
-    D = xr.shape[0]
+    D = x.shape[1]
+    ur = uint64(r)
     L = acc_g.shape[0]
     for lane in range(L):
         acc_g[lane] = 0.0
@@ -165,26 +166,23 @@ def _backward_sums(dyr, xr, w, mhi, mlo, s, acc_g, acc_gx):
             i1 = i0 + uL
             i2 = i1 + uL
             i3 = i2 + uL
-            g0 = dyr[i0] * w[i0]
-            g1 = dyr[i1] * w[i1]
-            g2 = dyr[i2] * w[i2]
-            g3 = dyr[i3] * w[i3]
-            h0 = ((xr[i0] - mhi) - mlo) * s
-            h1 = ((xr[i1] - mhi) - mlo) * s
-            h2 = ((xr[i2] - mhi) - mlo) * s
-            h3 = ((xr[i3] - mhi) - mlo) * s
+            g0 = dy[ur, i0] * w[i0]
+            g1 = dy[ur, i1] * w[i1]
+            g2 = dy[ur, i2] * w[i2]
+            g3 = dy[ur, i3] * w[i3]
+            h0 = ((x[ur, i0] - mhi) - mlo) * s
+            h1 = ((x[ur, i1] - mhi) - mlo) * s
+            h2 = ((x[ur, i2] - mhi) - mlo) * s
+            h3 = ((x[ur, i3] - mhi) - mlo) * s
             acc_g[lane] += np.float64((g0 + g1) + (g2 + g3))
             acc_gx[lane] += np.float64((g0 * h0 + g1 * h1) + (g2 * h2 + g3 * h3))
     sg = 0.0
     sgx = 0.0
     for j in range(full, D):
-        g = dyr[j] * w[j]
+        g = dy[ur, j] * w[j]
         sg += np.float64(g)
-        sgx += np.float64(g * (((xr[j] - mhi) - mlo) * s))
-    for lane in range(L):
-        sg += acc_g[lane]
-        sgx += acc_gx[lane]
-    return sg, sgx
+        sgx += np.float64(g * (((x[ur, j] - mhi) - mlo) * s))
+    return sg + lane_total(acc_g), sgx + lane_total(acc_gx)
 
 
 @njit(cache=True, error_model="numpy")
@@ -197,26 +195,25 @@ def _backward_piece(dy, x, r0, r1, mean, rstd, w, centered, dx, cw, cb):
     acc_gx = np.empty(LANES)
     tv = np.empty(4, x.dtype)
     for r in range(r0, r1):
-        xr = x[r]
-        dyr = dy[r]
-        dxr = dx[r]
         tv[0] = mean[r] if centered else 0.0
         tv[1] = mean[r] - np.float64(tv[0]) if centered else 0.0
         tv[2] = rstd[r]
         mhi = tv[0]
         mlo = tv[1]
         s = tv[2]
-        sg, sgx = _backward_sums(dyr, xr, w, mhi, mlo, s, acc_g, acc_gx)
+        sg, sgx = _backward_sums(dy, x, r, w, mhi, mlo, s, acc_g, acc_gx)
         tv[3] = sgx / D
         c = tv[3]
         tv[3] = sg / D if centered else 0.0
         a = tv[3]
+        ur = uint64(r)  # indexed directly: a row view's reference count costs more than it
         for j in range(D):
-            g0 = dyr[j]
-            xh = ((xr[j] - mhi) - mlo) * s
-            dxr[j] = s * ((g0 * w[j] - a) - xh * c)
-            cw[j] += np.float64(g0 * xh)
-            cb[j] += np.float64(g0)
+            uj = uint64(j)
+            g0 = dy[ur, uj]
+            xh = ((x[ur, uj] - mhi) - mlo) * s
+            dx[ur, uj] = s * ((g0 * w[uj] - a) - xh * c)
+            cw[uj] += np.float64(g0 * xh)
+            cb[uj] += np.float64(g0)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
