@@ -28,6 +28,7 @@ thread count; every kernel has a serial twin for small inputs.
 import numpy as np
 from numba import njit, prange, uint64
 
+from . import formulas
 from ._chunks import row_pieces, serial
 from .backward import _piece_sums
 from .forward import affine_from_moments
@@ -50,12 +51,12 @@ def _train_piece(x2, r0, r1, cpg, weight, bias, eps, y2, mean, m2, invstd):
         mean[r], m2[r] = mu, q
         mhi = tv[0]
         mlo = tv[1]
+        rs = formulas.invstd(q / L, eps)  # once per row; each segment only scales it
+        invstd[r] = rs
         c0 = (r % G) * cpg
         ur = uint64(r)
         for j in range(cpg):
-            rs, s, _ = affine_from_moments(mu, q, float(L), weight[c0 + j], bias[c0 + j], eps)
-            invstd[r] = rs
-            tv[2] = s
+            tv[2] = rs * weight[c0 + j]
             tv[3] = bias[c0 + j]
             scale = tv[2]
             shift = tv[3]
