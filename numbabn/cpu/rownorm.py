@@ -46,6 +46,7 @@ and the parallel and serial twins agree bit for bit.
 import numpy as np
 from numba import njit, prange, uint64
 
+from . import formulas
 from .rows import LANES, centred_square_sum, lane_total, lanes, row_moments
 
 #: A piece of work holds about this many elements (whole rows; at least one row).
@@ -84,7 +85,7 @@ def row_statistics(x, r, centered, eps, acc1, acc2, tv):
         tv[0] = 0.0
         tv[1] = 0.0
         m2 = centred_square_sum(x, r, tv[0], tv[1], acc1)
-    rstd = 1.0 / np.sqrt(m2 / D + eps)
+    rstd = formulas.invstd(m2 / D, eps)
     tv[2] = rstd
     return mean, rstd
 
