@@ -18,9 +18,10 @@ rounding.  :func:`batch_norm` normalizes every chunk with numbabn
 processes or ``dask.distributed``.
 
 Threads: Dask runs one task per worker thread, so a worker with N threads
-makes up to N numbabn calls at once.  Each task here runs numbabn's kernels
-on one Numba thread (:func:`_one_numba_thread`; Numba's thread count is per
-calling thread, and it is restored after the task): the parallelism comes
+makes up to N numbabn calls at once, in parallel (the kernels release the
+GIL).  Each task here runs numbabn's kernels on one Numba thread
+(:func:`_one_numba_thread`; Numba's thread count is per calling thread, and
+it is restored after the task): the parallelism comes
 from the scheduler's threads and workers, which should add up to the cores.
 
 This module needs Dask (``pip install 'numbabn[dask]'``); ``import numbabn``

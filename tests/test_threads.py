@@ -224,3 +224,29 @@ def test_concurrent_calls_from_python_threads(layer):
     assert done.returncode == 0 and "CONCURRENT OK" in done.stdout, (
         done.stdout[-2000:] + done.stderr[-3000:])
     assert f"layer {layer}" in done.stdout
+
+
+# --- the GIL ----------------------------------------------------------------------------------
+
+def _cpu_kernels():
+    import importlib
+    import pkgutil
+
+    from numba.core.registry import CPUDispatcher
+
+    import numbabn.cpu
+
+    for info in pkgutil.iter_modules(numbabn.cpu.__path__):
+        module = importlib.import_module(f"numbabn.cpu.{info.name}")
+        for name, obj in vars(module).items():
+            if isinstance(obj, CPUDispatcher) and obj.__module__ == module.__name__:
+                yield f"{module.__name__}.{name}", obj
+
+
+def test_every_cpu_kernel_releases_the_gil():
+    # Without nogil a kernel holds the GIL for its whole run: Python threads (a Dask worker's,
+    # a data loader's) calling numbabn then take turns instead of running on their cores.
+    kernels = dict(_cpu_kernels())
+    assert len(kernels) > 50
+    holding = sorted(name for name, k in kernels.items() if not k.targetoptions.get("nogil"))
+    assert not holding, f"kernels that hold the GIL: {holding}"

@@ -75,7 +75,7 @@ PIECE_ELEMENTS = 16384
 ROW_PIECE_ELEMENTS = 65536
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def plane_pieces(B):
     """Return ``(pieces_per_plane, piece_length)`` for planes of length B."""
     if B <= PIECE_ELEMENTS:
@@ -85,13 +85,13 @@ def plane_pieces(B):
     return pieces, length
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def lanes_for(B):
     """Lanes of a planes-layout reduction over planes of length B."""
     return LANES if B >= 4 * LANES else SHORT_LANES
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def channel_pieces(A, B):
     """``(planes_per_piece, pieces)``: how one channel of an (A, C, B) array is cut.
 
@@ -106,7 +106,7 @@ def channel_pieces(A, B):
     return group, (A + group - 1) // group
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def piece_bounds(j, A, B, group):
     """``(a0, a1, start, stop)`` of piece ``j`` of a channel: planes ``a0:a1``, elements ``start:stop``."""
     if group > 1 or B <= PIECE_ELEMENTS:
@@ -118,7 +118,7 @@ def piece_bounds(j, A, B, group):
     return a, a + 1, start, min(start + length, B)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def row_pieces(A, W):
     """``(rows, pieces)`` for an (A, W) rows view: rows per piece of work, and how many pieces.
 
@@ -133,7 +133,7 @@ def row_pieces(A, W):
     return rows, (A + rows - 1) // rows
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def channel_blocks(A, C, B):
     """``(channels_per_block, blocks, rows_per_group, groups)`` of the blocks layout.
 
@@ -149,7 +149,7 @@ def channel_blocks(A, C, B):
     return per, (C + per - 1) // per, rows, groups
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def job_index(job, C, pieces):
     """Split a flat job number over ``(a, c, piece)`` into its three parts.
 

@@ -41,7 +41,7 @@ from .epilogue import grad, keep, view
 from .moments import segment_sum
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _piece_sums(dy, x, a0, a1, c, mu, start, stop, acc, apply, act, y):
     """``(sum(dy), sum(dy * (x - mu)))`` over ``[a0:a1, c, start:stop]``, in float64.
 
@@ -101,7 +101,7 @@ def _piece_sums(dy, x, a0, a1, c, mu, start, stop, acc, apply, act, y):
     return s, p
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def channel_planes_sums(dy, x, c, mu, apply, act, y):
     """``(S, P)`` of channel ``c`` of (A, C, B) arrays: piece sums added in order.
 
@@ -120,7 +120,7 @@ def channel_planes_sums(dy, x, c, mu, apply, act, y):
     return s, p
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def coefficients(invstd, weight, sum_dy, sum_dy_xmu, m, training):
     """``(k_dy, k_x, k_0)`` of one channel (:func:`numbabn._formulas.backward_coefficients`)."""
     if not training:
@@ -128,7 +128,7 @@ def coefficients(invstd, weight, sum_dy, sum_dy_xmu, m, training):
     return formulas.backward_coefficients(invstd, weight, sum_dy, sum_dy_xmu, m)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def apply_channel(dy, x, c, mu, u, w, z, dx, act, y, dr):
     """dx of one channel (direct unsigned indexing, as :func:`numbabn.cpu.moments._sum`)."""
     A, C, B = x.shape
@@ -142,7 +142,7 @@ def apply_channel(dy, x, c, mu, u, w, z, dx, act, y, dr):
             keep(dr, (ua, uc, ub), g)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def merge_row_sums(part_s, part_p, B):
     """Per-channel sums: pieces added in order, then the B columns of each channel."""
     pieces, W = part_s.shape
@@ -164,7 +164,7 @@ def merge_row_sums(part_s, part_p, B):
     return sum_dy, sum_dy_xmu
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def apply_rows_piece(dy2, x2, a0, a1, mean, k_dy, k_x, k_0, dx2, act, y2, dr2):
     """dx over rows ``a0:a1`` with W-wide coefficients (vectorizes along rows)."""
     W = x2.shape[1]
@@ -180,7 +180,7 @@ def apply_rows_piece(dy2, x2, a0, a1, mean, k_dy, k_x, k_0, dx2, act, y2, dr2):
             keep(dr, j, gj)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def column_sums(dy2, x2, a0, a1, off, centre, col_s, col_p, act, y2):
     """Column sums of ``dy`` and ``dy * (x - centre)`` over rows ``a0:a1``, columns ``off:off + W``.
 
@@ -227,7 +227,7 @@ def column_sums(dy2, x2, a0, a1, off, centre, col_s, col_p, act, y2):
             col_p[j] += p
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _block_centre(mean, c0, c1, B):
     """Each column's channel mean, for channels ``c0:c1``."""
     centre = np.empty((c1 - c0) * B)
@@ -237,7 +237,7 @@ def _block_centre(mean, c0, c1, B):
     return centre
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def block_sums(dy2, x2, B, c0, c1, mean, sum_dy, sum_dy_xmu, act, y2):
     """``(S, P)`` of channels ``c0:c1`` of the (A, C * B) views, written into ``sum_dy``/``sum_dy_xmu``.
 
@@ -266,7 +266,7 @@ def block_sums(dy2, x2, B, c0, c1, mean, sum_dy, sum_dy_xmu, act, y2):
                 sum_dy_xmu[c0 + k] += p
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def apply_block(dy2, x2, B, c0, mean, k_dy, k_x, k_0, dx2, act, y2, dr2):
     """dx of channels ``c0:c0 + len(k_dy)`` of the (A, C * B) views, per-channel coefficients.
 
@@ -290,7 +290,7 @@ def apply_block(dy2, x2, B, c0, mean, k_dy, k_x, k_0, dx2, act, y2, dr2):
 
 # --- reduce ------------------------------------------------------------------------------
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _reduce_channels(dy, x, mean):
     C = x.shape[1]
     sum_dy = np.empty(C)
@@ -300,7 +300,7 @@ def _reduce_channels(dy, x, mean):
     return sum_dy, sum_dy_xmu
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _reduce_channels_serial(dy, x, mean):
     C = x.shape[1]
     sum_dy = np.empty(C)
@@ -310,7 +310,7 @@ def _reduce_channels_serial(dy, x, mean):
     return sum_dy, sum_dy_xmu
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _reduce_rows(dy2, x2, B, mean, act, y2):
     A, W = x2.shape
     rows, pieces = row_pieces(A, W)
@@ -323,7 +323,7 @@ def _reduce_rows(dy2, x2, B, mean, act, y2):
     return merge_row_sums(part_s, part_p, B)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _reduce_rows_serial(dy2, x2, B, mean, act, y2):
     A, W = x2.shape
     rows, pieces = row_pieces(A, W)
@@ -336,7 +336,7 @@ def _reduce_rows_serial(dy2, x2, B, mean, act, y2):
     return merge_row_sums(part_s, part_p, B)
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _reduce_blocks(dy2, x2, B, mean):
     A, W = x2.shape
     C = W // B
@@ -348,7 +348,7 @@ def _reduce_blocks(dy2, x2, B, mean):
     return sum_dy, sum_dy_xmu
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _reduce_blocks_serial(dy2, x2, B, mean):
     A, W = x2.shape
     C = W // B
@@ -362,7 +362,7 @@ def _reduce_blocks_serial(dy2, x2, B, mean):
 
 # --- apply -------------------------------------------------------------------------------
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _apply_planes(dy, x, mean, k_dy, k_x, k_0, dx):
     A, C, B = x.shape
     pieces, length = plane_pieces(B)
@@ -380,19 +380,19 @@ def _apply_planes(dy, x, mean, k_dy, k_x, k_0, dx):
             out[b] = u * g[b] + w * (v[b] - mu) + z
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _apply_channels(dy, x, mean, k_dy, k_x, k_0, dx):
     for c in prange(x.shape[1]):
         apply_channel(dy, x, c, mean[c], k_dy[c], k_x[c], k_0[c], dx, None, None, None)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _apply_channels_serial(dy, x, mean, k_dy, k_x, k_0, dx):
     for c in range(x.shape[1]):
         apply_channel(dy, x, c, mean[c], k_dy[c], k_x[c], k_0[c], dx, None, None, None)
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _apply_rows(dy2, x2, mean_w, k_dy, k_x, k_0, dx2):
     A, W = x2.shape
     rows, pieces = row_pieces(A, W)
@@ -401,14 +401,14 @@ def _apply_rows(dy2, x2, mean_w, k_dy, k_x, k_0, dx2):
                          None, None, None)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _apply_rows_serial(dy2, x2, mean_w, k_dy, k_x, k_0, dx2):
     apply_rows_piece(dy2, x2, 0, x2.shape[0], mean_w, k_dy, k_x, k_0, dx2, None, None, None)
 
 
 # --- reduce and apply in one call --------------------------------------------------------
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _backward_run(dy, x, c0, c1, mean, invstd, weight, training, dx, sum_dy, sum_dy_xmu,
                   pipelined, act, y, dr):
     """Channels ``c0:c1`` in order: reduce a channel, then write its dx.
@@ -434,7 +434,7 @@ def _backward_run(dy, x, c0, c1, mean, invstd, weight, training, dx, sum_dy, sum
             s, p = channel_planes_sums(dy, x, c + 1, mean[c + 1], None, act, y)
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _backward_planes(dy, x, mean, invstd, weight, training, dx, per, pipelined, act, y, dr):
     C = x.shape[1]
     sum_dy, sum_dy_xmu = np.empty(C), np.empty(C)
@@ -444,7 +444,7 @@ def _backward_planes(dy, x, mean, invstd, weight, training, dx, per, pipelined, 
     return sum_dy, sum_dy_xmu
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _backward_planes_serial(dy, x, mean, invstd, weight, training, dx, per, pipelined, act,
                             y, dr):
     C = x.shape[1]
@@ -455,7 +455,7 @@ def _backward_planes_serial(dy, x, mean, invstd, weight, training, dx, per, pipe
     return sum_dy, sum_dy_xmu
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _rows_coefficients(sum_dy, sum_dy_xmu, A, B, invstd, weight, training):
     """Per-column (W = C * B) backward coefficients."""
     C = sum_dy.size
@@ -472,7 +472,7 @@ def _rows_coefficients(sum_dy, sum_dy_xmu, A, B, invstd, weight, training):
     return k_dy, k_x, k_0
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _backward_rows(dy2, x2, B, mean, invstd, weight, training, dx2, act, y2, dr2):
     A, W = x2.shape
     sum_dy, sum_dy_xmu = _reduce_rows(dy2, x2, B, mean, act, y2)
@@ -486,7 +486,7 @@ def _backward_rows(dy2, x2, B, mean, invstd, weight, training, dx2, act, y2, dr2
     return sum_dy, sum_dy_xmu
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _backward_rows_serial(dy2, x2, B, mean, invstd, weight, training, dx2, act, y2, dr2):
     A, W = x2.shape
     sum_dy, sum_dy_xmu = _reduce_rows_serial(dy2, x2, B, mean, act, y2)
@@ -495,7 +495,7 @@ def _backward_rows_serial(dy2, x2, B, mean, invstd, weight, training, dx2, act, 
     return sum_dy, sum_dy_xmu
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _backward_block(dy2, x2, B, c0, c1, mean, invstd, weight, training, dx2, sum_dy, sum_dy_xmu,
                     act, y2, dr2):
     """Reduce channels ``c0:c1`` of the (A, C * B) views, then write their dx while in cache."""
@@ -509,7 +509,7 @@ def _backward_block(dy2, x2, B, c0, c1, mean, invstd, weight, training, dx2, sum
     apply_block(dy2, x2, B, c0, mean, k_dy, k_x, k_0, dx2, act, y2, dr2)
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _backward_blocks(dy2, x2, B, mean, invstd, weight, training, dx2, act, y2, dr2):
     A, W = x2.shape
     C = W // B
@@ -521,7 +521,7 @@ def _backward_blocks(dy2, x2, B, mean, invstd, weight, training, dx2, act, y2, d
     return sum_dy, sum_dy_xmu
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _backward_blocks_serial(dy2, x2, B, mean, invstd, weight, training, dx2, act, y2, dr2):
     A, W = x2.shape
     C = W // B
@@ -576,35 +576,35 @@ def backward_apply(dy3, x3, mean, k_dy, k_x, k_0, dx3):
 
 # The plain calls, without the fusion arguments (see numbabn.cpu.normalize).
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _backward_rows_plain(dy2, x2, B, mean, invstd, weight, training, dx2):
     return _backward_rows(dy2, x2, B, mean, invstd, weight, training, dx2, None, None, None)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _backward_rows_serial_plain(dy2, x2, B, mean, invstd, weight, training, dx2):
     return _backward_rows_serial(dy2, x2, B, mean, invstd, weight, training, dx2, None, None,
                                  None)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _backward_blocks_plain(dy2, x2, B, mean, invstd, weight, training, dx2):
     return _backward_blocks(dy2, x2, B, mean, invstd, weight, training, dx2, None, None, None)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _backward_blocks_serial_plain(dy2, x2, B, mean, invstd, weight, training, dx2):
     return _backward_blocks_serial(dy2, x2, B, mean, invstd, weight, training, dx2, None, None,
                                    None)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _backward_planes_plain(dy, x, mean, invstd, weight, training, dx, per, pipelined):
     return _backward_planes(dy, x, mean, invstd, weight, training, dx, per, pipelined, None,
                             None, None)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _backward_planes_serial_plain(dy, x, mean, invstd, weight, training, dx, per, pipelined):
     return _backward_planes_serial(dy, x, mean, invstd, weight, training, dx, per, pipelined,
                                    None, None, None)

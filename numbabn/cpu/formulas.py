@@ -7,7 +7,7 @@ from numba import njit
 
 from .. import _formulas
 
-_compile = njit(cache=True, error_model="numpy")
+_compile = njit(nogil=True, cache=True, error_model="numpy")
 
 chan_merge = _compile(_formulas.chan_merge)
 invstd = _compile(_formulas.invstd)

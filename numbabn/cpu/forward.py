@@ -40,7 +40,7 @@ from .moments import _moments_rows, _moments_rows_serial, block_moments, channel
 from .normalize import normalize_block, normalize_channel, normalize_rows_piece
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def affine_from_moments(mu, m2, count, weight, bias, eps):
     """``(invstd, scale, shift)`` of one channel (the formulas of :mod:`numbabn._formulas`)."""
     r = formulas.invstd(m2 / count, eps)
@@ -48,7 +48,7 @@ def affine_from_moments(mu, m2, count, weight, bias, eps):
     return r, scale, shift
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _train_run(x, c0, c1, weight, bias, eps, y, mean, m2, invstd, pipelined, act, res):
     """Channels ``c0:c1`` in order: reduce a channel, then normalize it.
 
@@ -74,7 +74,7 @@ def _train_run(x, c0, c1, weight, bias, eps, y, mean, m2, invstd, pipelined, act
             mu, q = channel_planes_moments(x, c + 1, None)
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _train_planes(x, weight, bias, eps, y, per, pipelined, act, res):
     C = x.shape[1]
     mean, m2, invstd = np.empty(C), np.empty(C), np.empty(C)
@@ -84,7 +84,7 @@ def _train_planes(x, weight, bias, eps, y, per, pipelined, act, res):
     return mean, m2, invstd
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _train_planes_serial(x, weight, bias, eps, y, per, pipelined, act, res):
     C = x.shape[1]
     mean, m2, invstd = np.empty(C), np.empty(C), np.empty(C)
@@ -94,7 +94,7 @@ def _train_planes_serial(x, weight, bias, eps, y, per, pipelined, act, res):
     return mean, m2, invstd
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _rows_coefficients(mean, m2, A, B, weight, bias, eps):
     """``invstd`` per channel, and ``scale``/``shift`` per column (W = C * B) of the rows view."""
     C = mean.size
@@ -110,7 +110,7 @@ def _rows_coefficients(mean, m2, A, B, weight, bias, eps):
     return invstd, scale, shift
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _train_rows(x2, B, weight, bias, eps, y2, act, r2):
     A, W = x2.shape
     mean, m2 = _moments_rows(x2, B)
@@ -123,7 +123,7 @@ def _train_rows(x2, B, weight, bias, eps, y2, act, r2):
     return mean, m2, invstd
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _train_rows_serial(x2, B, weight, bias, eps, y2, act, r2):
     A, W = x2.shape
     mean, m2 = _moments_rows_serial(x2, B)
@@ -132,7 +132,7 @@ def _train_rows_serial(x2, B, weight, bias, eps, y2, act, r2):
     return mean, m2, invstd
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _train_block(x2, B, c0, c1, weight, bias, eps, y2, mean, m2, invstd, act, r2):
     """Reduce channels ``c0:c1`` of the (A, C * B) view, then normalize them while they are in cache."""
     block_moments(x2, B, c0, c1, mean, m2)
@@ -145,7 +145,7 @@ def _train_block(x2, B, c0, c1, weight, bias, eps, y2, mean, m2, invstd, act, r2
     normalize_block(x2, B, c0, scale, shift, y2, act, r2)
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _train_blocks(x2, B, weight, bias, eps, y2, act, r2):
     A, W = x2.shape
     C = W // B
@@ -157,7 +157,7 @@ def _train_blocks(x2, B, weight, bias, eps, y2, act, r2):
     return mean, m2, invstd
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _train_blocks_serial(x2, B, weight, bias, eps, y2, act, r2):
     A, W = x2.shape
     C = W // B
@@ -171,32 +171,32 @@ def _train_blocks_serial(x2, B, weight, bias, eps, y2, act, r2):
 
 # The plain calls, without the fusion arguments (see numbabn.cpu.normalize).
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _train_rows_plain(x2, B, weight, bias, eps, y2):
     return _train_rows(x2, B, weight, bias, eps, y2, None, None)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _train_rows_serial_plain(x2, B, weight, bias, eps, y2):
     return _train_rows_serial(x2, B, weight, bias, eps, y2, None, None)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _train_blocks_plain(x2, B, weight, bias, eps, y2):
     return _train_blocks(x2, B, weight, bias, eps, y2, None, None)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _train_blocks_serial_plain(x2, B, weight, bias, eps, y2):
     return _train_blocks_serial(x2, B, weight, bias, eps, y2, None, None)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _train_planes_plain(x, weight, bias, eps, y, per, pipelined):
     return _train_planes(x, weight, bias, eps, y, per, pipelined, None, None)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _train_planes_serial_plain(x, weight, bias, eps, y, per, pipelined):
     return _train_planes_serial(x, weight, bias, eps, y, per, pipelined, None, None)
 
@@ -246,7 +246,7 @@ def _rows2(a3):
     return a3.reshape(A, C * B)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _blend_running_pair(running_mean, running_var, keep_mean, keep_var, mean, m2, count,
                         momentum):
     """Both running updates in one loop, rounded as :func:`numbabn._channel_math.blend_running`.

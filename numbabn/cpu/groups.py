@@ -38,7 +38,7 @@ from .rownorm import row_cut
 from .rows import lanes, row_moments
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _train_piece(x2, r0, r1, cpg, weight, bias, eps, y2, mean, m2, invstd):
     """Rows ``r0:r1`` of the (N*G, L) view: statistics, then each channel's segment."""
     L = x2.shape[1]
@@ -66,7 +66,7 @@ def _train_piece(x2, r0, r1, cpg, weight, bias, eps, y2, mean, m2, invstd):
                 y2[ur, i] = ((x2[ur, i] - mhi) - mlo) * scale + shift
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _train_rows(x2, cpg, weight, bias, eps, y2):
     R = x2.shape[0]
     mean, m2, invstd = np.empty(R), np.empty(R), np.empty(R)
@@ -77,7 +77,7 @@ def _train_rows(x2, cpg, weight, bias, eps, y2):
     return mean, m2, invstd
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _train_rows_serial(x2, cpg, weight, bias, eps, y2):
     R = x2.shape[0]
     mean, m2, invstd = np.empty(R), np.empty(R), np.empty(R)
@@ -94,7 +94,7 @@ def train_rows(x3, cpg, weight, bias, eps, y3):
     return kernel(x3[0], cpg, weight, bias, eps, y3[0])
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _backward_row(dy3, x3, r, cpg, mean, invstd, weight, dx3, seg_s, seg_p):
     """dx of row ``r``; its per-segment (S, P) go to ``seg_s[r]``, ``seg_p[r]``."""
     L = x3.shape[2]
@@ -123,7 +123,7 @@ def _backward_row(dy3, x3, r, cpg, mean, invstd, weight, dx3, seg_s, seg_p):
             dx3[0, ur, i] = k_dy * dy3[0, ur, i] + k_x * (x3[0, ur, i] - mu) + k_0
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _backward_rows(dy3, x3, cpg, mean, invstd, weight, dx3):
     R = x3.shape[1]
     seg_s, seg_p = np.empty((R, cpg)), np.empty((R, cpg))
@@ -132,7 +132,7 @@ def _backward_rows(dy3, x3, cpg, mean, invstd, weight, dx3):
     return seg_s, seg_p
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _backward_rows_serial(dy3, x3, cpg, mean, invstd, weight, dx3):
     R = x3.shape[1]
     seg_s, seg_p = np.empty((R, cpg)), np.empty((R, cpg))
@@ -150,7 +150,7 @@ def backward_rows(dy3, x3, cpg, mean, invstd, weight, dx3):
     return kernel(dy3, x3, cpg, mean, invstd, weight, dx3)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _sample_coefficients(mean, m2, count, cpg, weight, bias, eps, invstd):
     """Per-column scale and shift of one channels-last sample; per-group invstd into ``invstd``."""
     C = weight.size
@@ -164,7 +164,7 @@ def _sample_coefficients(mean, m2, count, cpg, weight, bias, eps, invstd):
     return scale, shift
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _train_samples(x3, cpg, weight, bias, eps, y3):
     N, A, C = x3.shape
     G = C // cpg
@@ -180,7 +180,7 @@ def _train_samples(x3, cpg, weight, bias, eps, y3):
     return mean, m2, invstd
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _train_samples_serial(x3, cpg, weight, bias, eps, y3):
     N, A, C = x3.shape
     G = C // cpg

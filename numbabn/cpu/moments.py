@@ -36,7 +36,7 @@ from ._chunks import (
 chan_merge = formulas.chan_merge
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _sum(x, a0, a1, c, start, stop, acc, shift, normalize):
     r"""Over ``x[a0:a1, c, start:stop]``: ``sum((v - shift)**2)``, or ``sum(v)`` when ``shift`` is None.
 
@@ -94,7 +94,7 @@ def _sum(x, a0, a1, c, start, stop, acc, shift, normalize):
     return total
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _piece_moments(x, a0, a1, c, start, stop, acc, normalize):
     """Two-pass mean and M2 of ``x[a0:a1, c, start:stop]``; ``acc`` is lane scratch space.
 
@@ -105,7 +105,7 @@ def _piece_moments(x, a0, a1, c, start, stop, acc, normalize):
     return mean, _sum(x, a0, a1, c, start, stop, acc, mean, None)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def channel_planes_moments(x, c, normalize):
     """Mean and M2 of channel ``c`` of an (A, C, B) array: its pieces merged in order.
 
@@ -123,7 +123,7 @@ def channel_planes_moments(x, c, normalize):
     return mu, q
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _moments_planes(x):
     """Whole channels shared out over threads."""
     C = x.shape[1]
@@ -134,7 +134,7 @@ def _moments_planes(x):
     return mean, m2
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _moments_planes_serial(x):
     C = x.shape[1]
     mean = np.empty(C)
@@ -146,7 +146,7 @@ def _moments_planes_serial(x):
 
 # --- rows: (A, W) views with W = C * B < 16 * C columns ---------------------------------
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def rows_piece_moments(x2, a0, a1, mean, m2):
     r"""Column means and M2 of rows ``a0:a1`` of ``x2`` in one pass, written into ``mean``/``m2``.
 
@@ -199,7 +199,7 @@ def rows_piece_moments(x2, a0, a1, mean, m2):
             mean[j], m2[j] = _merge_chunk(mean[j], m2[j], m, q, keep, take, n * take)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _four_moments(v0, v1, v2, v3):
     """Exact mean and M2 of four values."""
     m = ((v0 + v1) + (v2 + v3)) * 0.25
@@ -207,7 +207,7 @@ def _four_moments(v0, v1, v2, v3):
     return m, (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _rest_moments(rest, v0, v1, v2):
     """Exact mean and M2 of the first ``rest`` (1 to 3) of three values, added left to right.
 
@@ -226,14 +226,14 @@ def _rest_moments(rest, v0, v1, v2):
     return m, d0 * d0 + d1 * d1 + d2 * d2
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _merge_chunk(mean, m2, m, q, keep, take, spread):
     """Chan's update of a running (mean, M2) by a chunk (m, q), with the chunk's weights."""
     delta = m - mean
     return keep * mean + take * m, m2 + (q + delta * delta * spread)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def merge_row_pieces(part_mean, part_m2, rows, A, B):
     """Chan-merge the pieces of each column in order, then the B columns of each channel.
 
@@ -267,7 +267,7 @@ def merge_row_pieces(part_mean, part_m2, rows, A, B):
     return channel_mean, channel_m2
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _moments_rows(x2, B):
     A, W = x2.shape
     rows, pieces = row_pieces(A, W)
@@ -278,7 +278,7 @@ def _moments_rows(x2, B):
     return merge_row_pieces(part_mean, part_m2, rows, A, B)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _moments_rows_serial(x2, B):
     A, W = x2.shape
     rows, pieces = row_pieces(A, W)
@@ -291,7 +291,7 @@ def _moments_rows_serial(x2, B):
 
 # --- blocks: channels c0:c1 of the (A, C * B) view, 16 <= B < 512 ------------------------
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def column_sums(x2, a0, a1, off, col):
     """``col[j] = sum(x2[a0:a1, off + j])`` in float64 for ``j < len(col)``, rows four at a time.
 
@@ -315,7 +315,7 @@ def column_sums(x2, a0, a1, off, col):
             col[j] += row[j]
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def column_squares(x2, a0, a1, off, centre, col):
     """``col[j] = sum((x2[a0:a1, off + j] - centre[j])**2)`` in float64, rows four at a time."""
     W = col.size
@@ -341,7 +341,7 @@ def column_squares(x2, a0, a1, off, centre, col):
             col[j] += d * d
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def segment_sum(v, start, length):
     """``sum(v[start:start + length])`` with four independent partial sums, added in a fixed order.
 
@@ -365,7 +365,7 @@ def segment_sum(v, start, length):
     return total
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def block_moments(x2, B, c0, c1, mean, m2):
     """Mean and M2 of channels ``c0:c1`` of the (A, C * B) view, written into ``mean``/``m2``.
 
@@ -399,7 +399,7 @@ def block_moments(x2, B, c0, c1, mean, m2):
                     float(a0 * B), mean[c0 + k], m2[c0 + k], n, mu, q)
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _moments_blocks(x2, B):
     A, W = x2.shape
     C = W // B
@@ -411,7 +411,7 @@ def _moments_blocks(x2, B):
     return mean, m2
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _moments_blocks_serial(x2, B):
     A, W = x2.shape
     C = W // B

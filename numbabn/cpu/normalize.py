@@ -20,7 +20,7 @@ from ._chunks import CHANNEL_JOBS_MIN_C, ROWS_MAX_B, job_index, plane_pieces, ro
 from .epilogue import store, view
 
 
-@njit(cache=True, error_model="numpy")  # a variance of -eps gives inf, not ZeroDivisionError
+@njit(nogil=True, cache=True, error_model="numpy")  # a variance of -eps gives inf, not ZeroDivisionError
 def infer_coefficients(mean, var, weight, bias, has_bias, eps):
     """Per-channel float64 ``(scale, shift)`` from running statistics, in one loop.
 
@@ -37,7 +37,7 @@ def infer_coefficients(mean, var, weight, bias, has_bias, eps):
     return scale, shift
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def normalize_channel(x, c, s, t, y, act, r):
     """``y[:, c] = x[:, c] * s + t`` for one channel of (A, C, B) arrays.
 
@@ -54,7 +54,7 @@ def normalize_channel(x, c, s, t, y, act, r):
             store(y, (ua, uc, ub), x[ua, uc, ub] * s + t, act, r)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def normalize_rows_piece(x2, a0, a1, scale, shift, y2, act, r2):
     """Rows ``a0:a1`` of (A, W) arrays, with W-wide ``scale``/``shift`` (vectorizes along rows)."""
     W = x2.shape[1]
@@ -66,7 +66,7 @@ def normalize_rows_piece(x2, a0, a1, scale, shift, y2, act, r2):
             store(yr, j, xr[j] * scale[j] + shift[j], act, rr)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def normalize_block(x2, B, c0, scale, shift, y2, act, r2):
     """Channels ``c0:c0 + len(scale)`` of (A, C * B) arrays, row by row, channel by channel.
 
@@ -83,7 +83,7 @@ def normalize_block(x2, B, c0, scale, shift, y2, act, r2):
                 store(y2, (ua, i), x2[ua, i] * s + t, act, r2)
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _normalize_planes(x, scale, shift, y, act, r):
     A, C, B = x.shape
     pieces, length = plane_pieces(B)
@@ -99,19 +99,19 @@ def _normalize_planes(x, scale, shift, y, act, r):
             store(ys, b, xs[b] * s + t, act, rs)
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _normalize_channels(x, scale, shift, y, act, r):
     for c in prange(x.shape[1]):
         normalize_channel(x, c, scale[c], shift[c], y, act, r)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _normalize_channels_serial(x, scale, shift, y, act, r):
     for c in range(x.shape[1]):
         normalize_channel(x, c, scale[c], shift[c], y, act, r)
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _normalize_rows(x2, scale, shift, y2, act, r2):
     A, W = x2.shape
     rows, pieces = row_pieces(A, W)
@@ -119,7 +119,7 @@ def _normalize_rows(x2, scale, shift, y2, act, r2):
         normalize_rows_piece(x2, k * rows, min((k + 1) * rows, A), scale, shift, y2, act, r2)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _normalize_rows_serial(x2, scale, shift, y2, act, r2):
     normalize_rows_piece(x2, 0, x2.shape[0], scale, shift, y2, act, r2)
 
@@ -128,27 +128,27 @@ def _normalize_rows_serial(x2, scale, shift, y2, act, r2):
 # dispatcher about 75 ns at every call, 1-3% of the smallest batch norms.  The
 # loops are the fused kernels' own, compiled with None for the fusion.
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _normalize_rows_plain(x2, scale, shift, y2):
     _normalize_rows(x2, scale, shift, y2, None, None)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _normalize_rows_serial_plain(x2, scale, shift, y2):
     _normalize_rows_serial(x2, scale, shift, y2, None, None)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _normalize_channels_plain(x, scale, shift, y):
     _normalize_channels(x, scale, shift, y, None, None)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _normalize_channels_serial_plain(x, scale, shift, y):
     _normalize_channels_serial(x, scale, shift, y, None, None)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _normalize_planes_plain(x, scale, shift, y):
     _normalize_planes(x, scale, shift, y, None, None)
 

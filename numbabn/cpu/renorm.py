@@ -31,7 +31,7 @@ from .moments import _moments_rows, _moments_rows_serial, block_moments, channel
 from .normalize import normalize_block, normalize_channel, normalize_rows_piece
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def renorm_affine(mu, m2, count, run_mean, run_var, weight, bias, eps, rmax, dmax):
     """``(invstd, r, d, scale, shift)`` of one channel (float64)."""
     invstd, r, d = formulas.renorm_correction(mu, m2 / count, run_mean, run_var, eps, rmax,
@@ -40,7 +40,7 @@ def renorm_affine(mu, m2, count, run_mean, run_var, weight, bias, eps, rmax, dma
     return invstd, r, d, scale, (bias + weight * d) - mu * scale
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _finalize(c, mu, q, count, p, stats):
     """Finalize channel ``c`` into ``stats`` (rows mean, m2, invstd, r, d); ``(scale, shift)``.
 
@@ -57,7 +57,7 @@ def _finalize(c, mu, q, count, p, stats):
     return s, t
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _renorm_run(x, c0, c1, p, y, stats, pipelined):
     """Channels ``c0:c1`` in order, as :func:`numbabn.cpu.forward._train_run`."""
     A, C, B = x.shape
@@ -74,7 +74,7 @@ def _renorm_run(x, c0, c1, p, y, stats, pipelined):
             mu, q = channel_planes_moments(x, c + 1, None)
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _renorm_planes(x, p, y, per, pipelined):
     C = x.shape[1]
     stats = np.empty((5, C))
@@ -83,7 +83,7 @@ def _renorm_planes(x, p, y, per, pipelined):
     return stats
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _renorm_planes_serial(x, p, y, per, pipelined):
     C = x.shape[1]
     stats = np.empty((5, C))
@@ -92,7 +92,7 @@ def _renorm_planes_serial(x, p, y, per, pipelined):
     return stats
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _rows_coefficients(mean, m2, A, B, p):
     """Statistics per channel, ``scale``/``shift`` per column (W = C * B) of the rows view."""
     C = mean.size
@@ -107,7 +107,7 @@ def _rows_coefficients(mean, m2, A, B, p):
     return stats, scale, shift
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _renorm_rows(x2, B, p, y2):
     A, W = x2.shape
     mean, m2 = _moments_rows(x2, B)
@@ -119,7 +119,7 @@ def _renorm_rows(x2, B, p, y2):
     return stats
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _renorm_rows_serial(x2, B, p, y2):
     A, W = x2.shape
     mean, m2 = _moments_rows_serial(x2, B)
@@ -128,7 +128,7 @@ def _renorm_rows_serial(x2, B, p, y2):
     return stats
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _renorm_block(x2, B, c0, c1, p, y2, stats):
     """Reduce channels ``c0:c1`` of the (A, C * B) view, then normalize them while in cache."""
     mean, m2 = np.empty(c1), np.empty(c1)
@@ -140,7 +140,7 @@ def _renorm_block(x2, B, c0, c1, p, y2, stats):
     normalize_block(x2, B, c0, scale, shift, y2, None, None)
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _renorm_blocks(x2, B, p, y2):
     A, W = x2.shape
     C = W // B
@@ -151,7 +151,7 @@ def _renorm_blocks(x2, B, p, y2):
     return stats
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _renorm_blocks_serial(x2, B, p, y2):
     A, W = x2.shape
     C = W // B

@@ -57,7 +57,7 @@ PIECE_ELEMENTS = 1 << 16
 MAX_PIECES = 64
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def row_cut(R, D):
     """``(rows_per_piece, pieces)`` of an (R, D) input: a function of the shape only."""
     if R == 0:
@@ -67,7 +67,7 @@ def row_cut(R, D):
     return rows, (R + rows - 1) // rows
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def row_statistics(x, r, centered, eps, acc1, acc2, tv):
     """``(mean, rstd)`` in float64 of row ``r`` of ``x``; ``tv`` (4 values of the row's
     dtype) receives ``(mean_hi, mean_lo, rstd)`` rounded to that dtype for the elementwise
@@ -90,7 +90,7 @@ def row_statistics(x, r, centered, eps, acc1, acc2, tv):
     return mean, rstd
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _forward_piece(x, r0, r1, w, b, eps, centered, y, mean, rstd):
     """Rows ``r0:r1``: statistics, then ``y = ((x - mu_hi) - mu_lo) * rstd * w + b``."""
     acc1, acc2 = lanes()
@@ -112,7 +112,7 @@ def _forward_piece(x, r0, r1, w, b, eps, centered, y, mean, rstd):
                 y[ur, uj] = x[ur, uj] * s * w[uj]
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(nogil=True, parallel=True, cache=True, error_model="numpy")
 def _forward_parallel(x, w, b, eps, centered, y, mean, rstd):
     R = x.shape[0]
     rows, pieces = row_cut(R, x.shape[1])
@@ -120,7 +120,7 @@ def _forward_parallel(x, w, b, eps, centered, y, mean, rstd):
         _forward_piece(x, k * rows, min((k + 1) * rows, R), w, b, eps, centered, y, mean, rstd)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _forward_serial(x, w, b, eps, centered, y, mean, rstd):
     R = x.shape[0]
     rows, pieces = row_cut(R, x.shape[1])
@@ -143,7 +143,7 @@ def forward(x2, w, b, eps, centered, y2, parallel):
     return mean, rstd
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _backward_sums(dy, x, r, w, mhi, mlo, s, acc_g, acc_gx):
     r"""Float64 ``(sum(g), sum(g * xhat))`` over row ``r``, ``g = dy * w``.
 
@@ -186,7 +186,7 @@ def _backward_sums(dy, x, r, w, mhi, mlo, s, acc_g, acc_gx):
     return sg + lane_total(acc_g), sgx + lane_total(acc_gx)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _backward_piece(dy, x, r0, r1, mean, rstd, w, centered, dx, cw, cb):
     """Rows ``r0:r1``: dx row by row (both passes while the row is in cache), and this
     piece's column sums ``cw += dy * xhat``, ``cb += dy`` (float64, zeroed by the caller),
@@ -217,7 +217,7 @@ def _backward_piece(dy, x, r0, r1, mean, rstd, w, centered, dx, cw, cb):
             cb[uj] += np.float64(g0)
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(nogil=True, parallel=True, cache=True, error_model="numpy")
 def _backward_parallel(dy, x, mean, rstd, w, centered, dx, partials):
     R = x.shape[0]
     rows, pieces = row_cut(R, x.shape[1])
@@ -226,7 +226,7 @@ def _backward_parallel(dy, x, mean, rstd, w, centered, dx, partials):
                         partials[k, 0], partials[k, 1])
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _backward_serial(dy, x, mean, rstd, w, centered, dx, partials):
     R = x.shape[0]
     rows, pieces = row_cut(R, x.shape[1])
@@ -235,7 +235,7 @@ def _backward_serial(dy, x, mean, rstd, w, centered, dx, partials):
                         partials[k, 0], partials[k, 1])
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _merge_columns(partials):
     """Add the pieces' column sums in piece order: float64 ``(dweight, dbias)``."""
     pieces, _, D = partials.shape

@@ -50,13 +50,13 @@ SHIFT_SAMPLES = 32
 ACCEPT_CANCELLATION = 0.25
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def lanes():
     """Lane scratch of one thread: ``(acc1, acc2)``, float64 arrays of ``LANES``."""
     return np.empty(LANES), np.empty(LANES)
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def lane_total(acc):
     """Sum of the lanes (a power of two of them) as a pairwise tree, in a fixed order.
 
@@ -71,7 +71,7 @@ def lane_total(acc):
     return acc[0]
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _sample_mean(x, r):
     """Float64 mean of up to ``SHIFT_SAMPLES`` values at an even stride along row ``r``."""
     D = x.shape[1]
@@ -92,7 +92,7 @@ def _sample_mean(x, r):
     return ((p0 + p1) + (p2 + p3)) / n
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _shifted_sums(x, r, c, acc1, acc2):
     r"""Float64 :math:`(\sum_j (x_j - c), \sum_j (x_j - c)^2)` over one row (module docstring)."""
     D = x.shape[1]
@@ -123,7 +123,7 @@ def _shifted_sums(x, r, c, acc1, acc2):
     return s1 + lane_total(acc1), s2 + lane_total(acc2)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def centred_square_sum(x, r, mhi, mlo, acc):
     r"""Float64 :math:`\sum_j ((x_j - m_{hi}) - m_{lo})^2` over one row, in ``len(acc)`` lanes.
 
@@ -156,7 +156,7 @@ def centred_square_sum(x, r, mhi, mlo, acc):
     return total + lane_total(acc)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _row_sum(x, r, acc):
     """Float64 sum of one row, in ``len(acc)`` lanes added in a fixed order."""
     D = x.shape[1]
@@ -180,7 +180,7 @@ def _row_sum(x, r, acc):
     return total + lane_total(acc)
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def row_moments(x, r, acc1, acc2, tv):
     """Float64 ``(mean, M2)`` of row ``r`` of a C-contiguous 2-D ``x`` (module docstring).
 
