@@ -1,8 +1,9 @@
 r"""Per-channel statistics of data that arrives in pieces: :class:`ChannelMoments`.
 
-Each batch is reduced by the backends' exact per-channel reduction
-(``backend.welford``: count, mean and M2 in float64) and folded into the
-running summary with Chan's merge (:func:`numbabn._channel_math.chan_merge`,
+Each batch is reduced by the backends' per-channel reduction for data read
+once (``backend.stream_moments``: count, mean and M2 in float64, long planes
+read once about a sampled shift, see :mod:`numbabn.cpu.streaming`) and folded
+into the running summary with Chan's merge (:func:`numbabn._channel_math.chan_merge`,
 the same formula the MPI layer and the Dask reduction use),
 
 .. math::
@@ -54,7 +55,7 @@ def batch_moments(x, lay, release_pages=True):
     """
     backend = select_backend("auto", x)
     if is_device_array(x):
-        return backend.welford(x, lay)
+        return backend.stream_moments(x, lay)
     mapping = _file_mapping(x)
     slabs = _slabs(x, lay) if mapping is None else _read_ahead(_slabs(x, lay))
     return cm.chan_merge_in_order(
@@ -64,7 +65,7 @@ def batch_moments(x, lay, release_pages=True):
 
 
 def _slab_moments(backend, slab, axis, release, mapping):
-    summary = backend.welford(slab, v.layout(slab.shape, axis))  # converts >f4 slab by slab
+    summary = backend.stream_moments(slab, v.layout(slab.shape, axis))  # converts >f4 slabs
     if release:
         _release_pages(slab, mapping)
     return summary

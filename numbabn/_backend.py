@@ -34,6 +34,12 @@ class Backend(Protocol):
     def welford(self, x, lay):
         """Per-channel ``(count, mean, m2)``: float64 host arrays."""
 
+    def stream_moments(self, x, lay):
+        """``welford`` for data read once (the accumulator, Dask): equal to float64 rounding.
+
+        May read memory once where ``welford`` reads it twice, so its bits may differ.
+        """
+
     def moments(self, x, lay, ddof):
         """Per-channel ``(mean, var)`` in the saved-statistics dtype."""
 

@@ -15,6 +15,8 @@ from . import forward as _forward
 from . import groups as _groups
 from . import moments as _moments
 from . import normalize as _normalize
+from . import streaming as _streaming
+from ._chunks import BLOCKS_MAX_B, serial
 
 name = "cpu"
 
@@ -57,6 +59,19 @@ def _output3(out, lay, dtype, *inputs):
 def welford(x, lay):
     """Per-channel float64 ``(count, mean, m2)`` of ``x``."""
     mean, m2 = _moments.moments(_view3(x, lay))
+    return lay.count, mean, m2
+
+
+def stream_moments(x, lay):
+    """Per-channel float64 ``(count, mean, m2)`` of data read once (see :mod:`numbabn.cpu.streaming`).
+
+    Long planes are read once about a sampled shift; other layouts take
+    :func:`welford`, whose kernels read them once already.
+    """
+    if lay.B < BLOCKS_MAX_B or lay.count == 0:
+        return welford(x, lay)
+    x3 = _view3(x, lay)
+    mean, m2, _ = _streaming.one_pass_moments(x3, serial(x3.size))
     return lay.count, mean, m2
 
 
