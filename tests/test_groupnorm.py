@@ -92,6 +92,50 @@ def test_gradients_match_finite_differences(rng):
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_channels_last_sample_whose_shift_misses_is_read_twice(rng, dtype):
+    """Channels-last statistics run in one pass about sampled rows; atypical samples go again."""
+    from numbabn.cpu import groups as kernels
+
+    x = (0.5 + rng.standard_normal((2, 64, 64, 8))).astype(dtype)
+    rows = x.reshape(2, -1, 8)                # the kernels' (N, A, C) view
+    A = rows.shape[1]
+    sampled = np.arange(kernels.SHIFT_SAMPLES) * (A // kernels.SHIFT_SAMPLES)
+    rows[0, sampled, :4] = 300.0              # sample 0, group 0: every sampled row far off
+
+    def one_pass_accepts(x2):
+        shift = kernels._column_shifts(x2)
+        s1, s2 = np.empty((1, 8)), np.empty((1, 8))
+        kernels._column_sums(x2, 0, A, shift, s1[0], s2[0])
+        return kernels._group_moments(shift, s1, s2, A, 4, np.empty(2), np.empty(2))
+
+    assert not one_pass_accepts(rows[0]) and one_pass_accepts(rows[1])
+    y, mean, invstd = nbn.group_norm_forward(x, 2, axis=-1)
+    y_ref, mean_ref, invstd_ref, _ = group_forward(x, 2, axis=-1)
+    tol = tolerance(dtype)
+    np.testing.assert_allclose(mean, mean_ref, rtol=tol)
+    np.testing.assert_allclose(invstd, invstd_ref, rtol=tol / 10)
+    np.testing.assert_allclose(y, y_ref, rtol=10 * tol, atol=10 * tol)
+
+
+def test_channels_last_kernels_give_the_same_bits(rng):
+    """By sample, by piece of a sample, serial: the same pieces summed in the same order."""
+    from numbabn.cpu import groups as kernels
+
+    x3 = (3.0 + rng.standard_normal((3, 1100, 96))).astype(np.float32)   # 2 pieces a sample
+    assert kernels.row_pieces(1100, 96)[1] > 1
+    x3[1, ::34, :8] = 50.0                    # sample 1, groups 0-1: the shift misses
+    w, b = rng.standard_normal(96), rng.standard_normal(96)
+    results = []
+    for kernel in (kernels._train_samples, kernels._train_sample_pieces,
+                   kernels._train_samples_serial):
+        y3 = np.empty_like(x3)
+        results.append(kernel(x3, 4, w, b, 1e-5, y3) + (y3,))
+    for other in results[1:]:
+        for a, b_ in zip(results[0], other):
+            np.testing.assert_array_equal(a, b_)
+
+
 @given(
     n=st.integers(1, 3), groups=st.integers(1, 3), per=st.integers(1, 3),
     spatial=st.lists(st.integers(1, 5), min_size=0, max_size=2),

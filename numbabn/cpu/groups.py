@@ -18,24 +18,33 @@ Two views, as in :mod:`numbabn._engine`:
   row's :math:`S^\gamma = \sum_c \gamma_c S_c`, :math:`P^\gamma = \sum_c \gamma_c P_c`
   and writes :math:`dx = \gamma_c\sigma^{-1} dy - \sigma^{-3} P^\gamma/M\,(x - \mu)
   - \sigma^{-1} S^\gamma/M`, again while the row is in cache.
-- channels-last, (N, A, C): each sample is batch norm's rows layout with the
-  groups as channels (:func:`numbabn.cpu.moments._moments_rows`), normalized
-  with per-column coefficients by the rows layout's loop.
+- channels-last, (N, A, C): each sample is A rows of C channels.  Its rows
+  are read once, in pieces, about a shift per column :math:`c_j` (the mean of
+  up to ``SHIFT_SAMPLES`` rows), as :func:`numbabn.cpu.rows.row_moments` reads
+  a row: :math:`S_1 = \sum (x - c_j)` and :math:`S_2 = \sum (x - c_j)^2` per
+  column, so :math:`\mu_j = c_j + S_1/A` and :math:`M_{2,j} = S_2 - S_1^2/A`,
+  and a group's columns are Chan-merged.  Where a column's shift misses
+  (:math:`S_1^2 > A S_2/4`) or a sum is not finite, the sample is reduced in
+  two passes instead (batch norm's rows layout with the groups as channels,
+  :func:`numbabn.cpu.moments._moments_rows`).  The sample is then normalized
+  as in NCHW, in the compute dtype with the mean split into head and tail.
+  With at least as many samples as threads, each thread takes whole samples
+  (one parallel region, a sample normalized while it is in its L2 cache);
+  otherwise a sample's pieces are shared out.
 
 Rows and pieces are cut by the shape only, so results do not depend on the
 thread count; every kernel has a serial twin for small inputs.
 """
+import numba
 import numpy as np
-from numba import njit, prange, uint64
+from numba import float64, njit, prange, uint64
 
 from . import formulas
 from ._chunks import row_pieces, serial
 from .backward import _piece_sums
-from .forward import affine_from_moments
 from .moments import _moments_rows, _moments_rows_serial
-from .normalize import normalize_rows_piece
 from .rownorm import row_cut
-from .rows import lanes, row_moments
+from .rows import ACCEPT_CANCELLATION, SHIFT_SAMPLES, lanes, row_moments
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -150,50 +159,178 @@ def backward_rows(dy3, x3, cpg, mean, invstd, weight, dx3):
     return kernel(dy3, x3, cpg, mean, invstd, weight, dx3)
 
 
-@njit(nogil=True, cache=True)
-def _sample_coefficients(mean, m2, count, cpg, weight, bias, eps, invstd):
-    """Per-column scale and shift of one channels-last sample; per-group invstd into ``invstd``."""
+# --- channels-last: (N, A, C), each sample A rows of C channels ---------------------------
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _column_shifts(x2):
+    """Per column of a sample: the mean of up to ``SHIFT_SAMPLES`` rows at an even stride, in x's dtype."""
+    A, C = x2.shape
+    k = min(A, SHIFT_SAMPLES)
+    stride = A // k
+    total = np.zeros(C)
+    for s in range(k):
+        row = x2[s * stride]
+        for j in range(C):
+            total[j] += float64(row[j])
+    shift = np.empty(C, x2.dtype)
+    for j in range(C):
+        shift[j] = total[j] / k
+    return shift
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _column_sums(x2, a0, a1, shift, s1, s2):
+    r"""Per column over rows ``a0:a1``: :math:`\sum (x - c_j)` and :math:`\sum (x - c_j)^2`.
+
+    Written into ``s1`` and ``s2`` (float64 vectors of the C columns).
+    As :func:`numbabn.cpu.rows.row_moments` along a row: the differences and
+    groups of four of them (and of their squares) in x's dtype, then float64.
+    """
+    C = x2.shape[1]
+    for j in range(C):
+        s1[j] = 0.0
+        s2[j] = 0.0
+    quad_end = a0 + (a1 - a0) // 4 * 4
+    # The 2-D array indexed directly, unsigned: row views cost reference counts per row.
+    for a in range(a0, quad_end, 4):
+        u0, u1, u2, u3 = uint64(a), uint64(a + 1), uint64(a + 2), uint64(a + 3)
+        for j in range(C):
+            c = shift[j]
+            d0, d1 = x2[u0, j] - c, x2[u1, j] - c
+            d2, d3 = x2[u2, j] - c, x2[u3, j] - c
+            s1[j] += float64((d0 + d1) + (d2 + d3))
+            s2[j] += float64((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3))
+    for a in range(quad_end, a1):
+        ua = uint64(a)
+        for j in range(C):
+            d = float64(x2[ua, j] - shift[j])
+            s1[j] += d
+            s2[j] += d * d
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _group_moments(shift, part1, part2, A, cpg, mean, m2):
+    r"""Per group of a sample, ``(mean, M2)`` into ``mean``/``m2`` from the pieces' column sums.
+
+    Column j: :math:`\mu_j = c_j + S_1/A`, :math:`M_{2,j} = S_2 - S_1^2/A`,
+    then the group's columns Chan-merged in order.  False, with nothing
+    decided, when a column's shift missed (:math:`S_1^2 > A S_2/4`) or a sum
+    is not finite: the sample is then reduced in two passes.
+    """
+    C = shift.size
+    for g in range(C // cpg):
+        n, mu, q = 0.0, 0.0, 0.0
+        for j in range(g * cpg, (g + 1) * cpg):
+            s1 = 0.0
+            s2 = 0.0
+            for k in range(part1.shape[0]):
+                s1 += part1[k, j]
+                s2 += part2[k, j]
+            if not (s1 * s1 <= ACCEPT_CANCELLATION * A * s2 and s2 < np.inf):
+                return False
+            n, mu, q = formulas.chan_merge(n, mu, q, float64(A), float64(shift[j]) + s1 / A,
+                                           s2 - s1 * s1 / A)
+        mean[g] = mu
+        m2[g] = q
+    return True
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _sample_vectors(x2, mean, m2, count, cpg, weight, bias, eps, invstd):
+    """Per column, in x2's dtype: the mean's head and tail, scale γσ⁻¹ and shift β; σ⁻¹ into ``invstd``."""
     C = weight.size
-    scale, shift = np.empty(C), np.empty(C)
+    hi, lo = np.empty(C, x2.dtype), np.empty(C, x2.dtype)
+    scale, shift = np.empty(C, x2.dtype), np.empty(C, x2.dtype)
+    for g in range(C // cpg):
+        invstd[g] = formulas.invstd(m2[g] / count, eps)
     for c in range(C):
         g = c // cpg
-        r, s, t = affine_from_moments(mean[g], m2[g], count, weight[c], bias[c], eps)
-        invstd[g] = r
-        scale[c] = s
-        shift[c] = t
-    return scale, shift
+        hi[c] = mean[g]
+        lo[c] = mean[g] - float64(hi[c])
+        scale[c] = invstd[g] * weight[c]
+        shift[c] = bias[c]
+    return hi, lo, scale, shift
 
 
-@njit(nogil=True, parallel=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")
+def _apply_rows(x2, a0, a1, hi, lo, scale, shift, y2):
+    """``y = ((x - μ_hi) - μ_lo)·(γσ⁻¹) + β`` over rows ``a0:a1``, in x's dtype."""
+    C = x2.shape[1]
+    for a in range(a0, a1):
+        ua = uint64(a)
+        for j in range(C):
+            y2[ua, j] = ((x2[ua, j] - hi[j]) - lo[j]) * scale[j] + shift[j]
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _train_sample(x2, cpg, weight, bias, eps, y2, mean, m2, invstd):
+    """One channels-last sample, by one thread: statistics into ``mean``/``m2``/``invstd``, then y."""
+    A, C = x2.shape
+    rows, pieces = row_pieces(A, C)
+    part1, part2 = np.empty((pieces, C)), np.empty((pieces, C))
+    shift = _column_shifts(x2)
+    for k in range(pieces):
+        _column_sums(x2, k * rows, min((k + 1) * rows, A), shift, part1[k], part2[k])
+    if not _group_moments(shift, part1, part2, A, cpg, mean, m2):
+        mean[:], m2[:] = _moments_rows_serial(x2, cpg)
+    hi, lo, scale, beta = _sample_vectors(x2, mean, m2, float(A * cpg), cpg, weight, bias, eps,
+                                          invstd)
+    _apply_rows(x2, 0, A, hi, lo, scale, beta, y2)
+
+
+@njit(nogil=True, parallel=True, cache=True, error_model="numpy")
 def _train_samples(x3, cpg, weight, bias, eps, y3):
+    """Samples shared out over threads, each read and then normalized by one thread (in its L2)."""
     N, A, C = x3.shape
     G = C // cpg
     mean, m2, invstd = np.empty((N, G)), np.empty((N, G)), np.empty((N, G))
-    rows, pieces = row_pieces(A, C)
-    for n in range(N):
-        mean[n], m2[n] = _moments_rows(x3[n], cpg)
-        scale, shift = _sample_coefficients(mean[n], m2[n], float(A * cpg), cpg, weight, bias,
-                                            eps, invstd[n])
-        for k in prange(pieces):
-            normalize_rows_piece(x3[n], k * rows, min((k + 1) * rows, A), scale, shift, y3[n],
-                                 None, None)
+    for n in prange(N):
+        _train_sample(x3[n], cpg, weight, bias, eps, y3[n], mean[n], m2[n], invstd[n])
     return mean, m2, invstd
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")
 def _train_samples_serial(x3, cpg, weight, bias, eps, y3):
     N, A, C = x3.shape
     G = C // cpg
     mean, m2, invstd = np.empty((N, G)), np.empty((N, G)), np.empty((N, G))
     for n in range(N):
-        mean[n], m2[n] = _moments_rows_serial(x3[n], cpg)
-        scale, shift = _sample_coefficients(mean[n], m2[n], float(A * cpg), cpg, weight, bias,
-                                            eps, invstd[n])
-        normalize_rows_piece(x3[n], 0, A, scale, shift, y3[n], None, None)
+        _train_sample(x3[n], cpg, weight, bias, eps, y3[n], mean[n], m2[n], invstd[n])
+    return mean, m2, invstd
+
+
+@njit(nogil=True, parallel=True, cache=True, error_model="numpy")
+def _train_sample_pieces(x3, cpg, weight, bias, eps, y3):
+    """Fewer samples than threads: each sample's pieces shared out (same sums, same order)."""
+    N, A, C = x3.shape
+    G = C // cpg
+    mean, m2, invstd = np.empty((N, G)), np.empty((N, G)), np.empty((N, G))
+    rows, pieces = row_pieces(A, C)
+    part1, part2 = np.empty((pieces, C)), np.empty((pieces, C))
+    for n in range(N):
+        x2, y2 = x3[n], y3[n]
+        shift = _column_shifts(x2)
+        for k in prange(pieces):
+            _column_sums(x2, k * rows, min((k + 1) * rows, A), shift, part1[k], part2[k])
+        if not _group_moments(shift, part1, part2, A, cpg, mean[n], m2[n]):
+            mean[n], m2[n] = _moments_rows(x2, cpg)
+        hi, lo, scale, beta = _sample_vectors(x2, mean[n], m2[n], float(A * cpg), cpg, weight,
+                                              bias, eps, invstd[n])
+        for k in prange(pieces):
+            _apply_rows(x2, k * rows, min((k + 1) * rows, A), hi, lo, scale, beta, y2)
     return mean, m2, invstd
 
 
 def train_samples(x3, cpg, weight, bias, eps, y3):
-    """Channels-last group norm forward on (N, A, C) views: ``(mean, m2, invstd)`` of shape (N, G)."""
-    kernel = _train_samples_serial if serial(x3.size) else _train_samples
+    """Channels-last group norm forward on (N, A, C) views: ``(mean, m2, invstd)`` of shape (N, G).
+
+    Every kernel gives the same bits: a sample's pieces are cut by its shape
+    and summed in order, whichever thread reads them.
+    """
+    if serial(x3.size):
+        kernel = _train_samples_serial
+    elif x3.shape[0] >= numba.get_num_threads():
+        kernel = _train_samples
+    else:
+        kernel = _train_sample_pieces
     return kernel(x3, cpg, weight, bias, eps, y3)
