@@ -44,7 +44,7 @@ from ._chunks import row_pieces, serial
 from .backward import _piece_sums
 from .moments import _moments_rows, _moments_rows_serial
 from .rownorm import row_cut
-from .rows import ACCEPT_CANCELLATION, SHIFT_SAMPLES, lanes, row_moments
+from .rows import SHIFT_SAMPLES, lanes, row_moments, shifted_moments
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -226,10 +226,11 @@ def _group_moments(shift, part1, part2, A, cpg, mean, m2):
             for k in range(part1.shape[0]):
                 s1 += part1[k, j]
                 s2 += part2[k, j]
-            if not (s1 * s1 <= ACCEPT_CANCELLATION * A * s2 and s2 < np.inf):
+            mean_j, m2_j, kept = shifted_moments(shift[j], s1, s2, A)
+            # Squares in x's dtype may overflow where the two-pass float64 ones do not.
+            if not (kept and s2 < np.inf):
                 return False
-            n, mu, q = formulas.chan_merge(n, mu, q, float64(A), float64(shift[j]) + s1 / A,
-                                           s2 - s1 * s1 / A)
+            n, mu, q = formulas.chan_merge(n, mu, q, float64(A), mean_j, m2_j)
         mean[g] = mu
         m2[g] = q
     return True

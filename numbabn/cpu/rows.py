@@ -93,6 +93,19 @@ def _sample_mean(x, r):
 
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def shifted_moments(c, s1, s2, n):
+    r"""``(mean, M2, kept)`` of n values from their sums about a shift c (module docstring).
+
+    :math:`\mu = c + S_1/n`, :math:`M_2 = S_2 - S_1^2/n`; ``kept`` is the
+    acceptance test :math:`S_1^2 \le` ``ACCEPT_CANCELLATION`` :math:`\cdot n S_2`,
+    False when a sum is NaN.  An infinite :math:`S_2` passes it (its
+    :math:`M_2` is infinite); callers whose squares are rounded more coarsely
+    than their two-pass fallback's also ask for a finite :math:`S_2`.
+    """
+    return float64(c) + s1 / n, s2 - s1 * s1 / n, s1 * s1 <= ACCEPT_CANCELLATION * n * s2
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _shifted_sums(x, r, c, acc1, acc2):
     r"""Float64 :math:`(\sum_j (x_j - c), \sum_j (x_j - c)^2)` over one row (module docstring)."""
     D = x.shape[1]
@@ -197,12 +210,13 @@ def row_moments(x, r, acc1, acc2, tv):
         tv[0] = _sample_mean(x, r)
         c = tv[0]
         s1, s2 = _shifted_sums(x, r, c, acc1, acc2)
-        # False for NaN; an infinite S2 with a finite S1 gives M2 = inf, as two passes do.
-        if s1 * s1 <= ACCEPT_CANCELLATION * D * s2:
-            mean = float64(c) + s1 / D
+        mean, m2, kept = shifted_moments(c, s1, s2, D)
+        # An infinite S2 with a finite S1 gives M2 = inf here, as two passes do (squares in
+        # the row's dtype both ways).
+        if kept:
             tv[0] = mean
             tv[1] = mean - float64(tv[0])
-            return mean, s2 - s1 * s1 / D
+            return mean, m2
     mean = _row_sum(x, r, acc1) / D
     tv[0] = mean
     tv[1] = mean - float64(tv[0])

@@ -41,7 +41,7 @@ from numba import float64, njit, prange, uint64
 
 from ._chunks import LANES
 from .moments import channel_planes_moments
-from .rows import ACCEPT_CANCELLATION, SHIFT_SAMPLES
+from .rows import SHIFT_SAMPLES, shifted_moments
 
 #: Values of one channel reduced as one piece of work (4 MiB of float32).
 PIECE_VALUES = 1 << 20
@@ -129,10 +129,9 @@ def _finish(x, shifts, part1, part2):
         for k in range(part1.shape[1]):
             s1 += part1[c, k]
             s2 += part2[c, k]
-        mean[c] = shifts[c] + s1 / n
-        m2[c] = s2 - s1 * s1 / n
-        # Written so that a NaN sum fails it too.
-        redo[c] = not (s1 * s1 <= ACCEPT_CANCELLATION * n * s2 and s2 < np.inf)
+        mean[c], m2[c], kept = shifted_moments(shifts[c], s1, s2, n)
+        # Infinite sums go to the two-pass kernel, whose NaN/Inf results are channel_moments'.
+        redo[c] = not (kept and s2 < np.inf)
     return mean, m2, redo
 
 
@@ -162,9 +161,9 @@ def one_pass_moments(x3, one_thread):
     r"""Per-channel float64 ``(mean, m2, redo)`` of a C-contiguous (A, C, B) array, read once.
 
     ``redo[c]`` is True where the one-pass result was not kept (cancellation
-    above :data:`ACCEPT_CANCELLATION`, or a non-finite sum); those channels'
-    ``mean``/``m2`` have been replaced by the two-pass reduction's.  Needs
-    ``A * B > 0``.
+    above :data:`numbabn.cpu.rows.ACCEPT_CANCELLATION`, or a non-finite sum);
+    those channels' ``mean``/``m2`` have been replaced by the two-pass
+    reduction's.  Needs ``A * B > 0``.
     """
     mean, m2, redo = (_one_pass_serial if one_thread else _one_pass)(x3)
     for c in np.flatnonzero(redo):
