@@ -14,10 +14,20 @@ from hypothesis import strategies as st
 from numbabn.cpu import rows
 
 
-def _moments(x2, r):
+#: The two shifts the callers take: a row's first values (layer norm), values spread
+#: along it (group norm).
+SHIFTS = {"head": rows.head_shift, "spread": rows.spread_shift}
+
+
+@pytest.fixture(params=sorted(SHIFTS), scope="module")
+def shift(request):
+    return request.param
+
+
+def _moments(x2, r, shift):
     acc1, acc2 = rows.lanes()
     tv = np.empty(4, x2.dtype)
-    mean, m2 = rows.row_moments(x2, r, acc1, acc2, tv)
+    mean, m2 = rows.row_moments(x2, r, SHIFTS[shift](x2, r), acc1, acc2, tv)
     return mean, m2, tv
 
 
@@ -27,12 +37,12 @@ def _exact(values):
     return mean, sum((v - mean) ** 2 for v in xs)
 
 
-def _check_row(row, rtol):
+def _check_row(row, rtol, shift):
     """The mean within ``rtol`` of the spread (the differences from the shift are rounded
     relative to themselves, not to an offset) and the float64 rounding of the mean
     itself, M2 within ``rtol`` of itself."""
     x2 = np.ascontiguousarray(row[None, :])
-    mean, m2, tv = _moments(x2, 0)
+    mean, m2, tv = _moments(x2, 0, shift)
     mean_ref, m2_ref = _exact(row)
     spread = float(m2_ref / len(row)) ** 0.5
     bound = Fraction(rtol) * Fraction(spread) + Fraction(2.0 ** -52) * abs(mean_ref)
@@ -42,72 +52,73 @@ def _check_row(row, rtol):
     assert tv[0] == row.dtype.type(mean) and tv[1] == row.dtype.type(mean - float(tv[0]))
 
 
-def _sample_positions(D):
+def _sample_positions(D, shift):
     n = min(D, rows.SHIFT_SAMPLES)
-    return np.arange(n) * (D // n)
+    return np.arange(n) * (D // n if shift == "spread" else 1)
 
 
 @pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-6), (np.float64, 1e-13)])
 @pytest.mark.parametrize("D", [1, 2, 31, 64, 97, 768, 5000])
 @pytest.mark.parametrize("offset", [0.0, 1e4, -3e6])
-def test_one_pass_rows(rng, dtype, rtol, D, offset):
+def test_one_pass_rows(rng, dtype, rtol, D, offset, shift):
     row = (offset + rng.standard_normal(D)).astype(dtype)
     if D == 1:
-        mean, m2, _ = _moments(row[None, :], 0)
+        mean, m2, _ = _moments(row[None, :], 0, shift)
         assert mean == row[0] and m2 == 0.0
         return
-    _check_row(row, rtol)
+    _check_row(row, rtol, shift)
 
 
 @pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-6), (np.float64, 1e-13)])
 @pytest.mark.parametrize("D", [64, 96, 1000])
-def test_rows_whose_sample_misses_the_mean_take_two_passes(rng, dtype, rtol, D):
+def test_rows_whose_sample_misses_the_mean_take_two_passes(rng, dtype, rtol, D, shift):
     # The sampled positions hold 1e4, the others 0: the shift is 1e4, the mean far below
     # it, the one-pass subtraction would cancel; the second pass keeps full precision.
     row = np.zeros(D, dtype)
-    row[_sample_positions(D)] = 1e4
+    row[_sample_positions(D, shift)] = 1e4
     row += rng.standard_normal(D).astype(dtype) * dtype(1e-2)
     x2 = row[None, :]
-    c = float(row[_sample_positions(D)].astype(np.float64).mean())
+    c = float(row[_sample_positions(D, shift)].astype(np.float64).mean())
     s1 = float(np.sum(row.astype(np.float64) - c))
     s2 = float(np.sum((row.astype(np.float64) - c) ** 2))
     assert s1 * s1 > rows.ACCEPT_CANCELLATION * D * s2  # this row does take the fallback
-    _check_row(x2[0], rtol)
+    _check_row(x2[0], rtol, shift)
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(-1e6, 1e6, width=32), min_size=2, max_size=300),
        st.sampled_from([0.0, 1e4, -7.5e5]))
-def test_any_float32_row(values, offset):
+def test_any_float32_row(shift, values, offset):
     row = (np.asarray(values, np.float32) + np.float32(offset)).astype(np.float32)
     mean_ref, m2_ref = _exact(row)
-    mean, m2, _ = _moments(row[None, :], 0)
+    mean, m2, _ = _moments(row[None, :], 0, shift)
     scale = max(float(m2_ref / len(row)) ** 0.5, abs(float(mean_ref)) * 2.0 ** -24, 1e-30)
     assert abs(mean - float(mean_ref)) <= 1e-6 * scale
     assert abs(m2 - float(m2_ref)) <= 1e-6 * float(m2_ref) + 1e-12 * scale ** 2 * len(row)
 
 
-def test_constant_rows_have_no_spread():
+def test_constant_rows_have_no_spread(shift):
     x2 = np.full((3, 100), 1e4 + 0.5, np.float32)
     for r in range(3):
-        mean, m2, _ = _moments(x2, r)
+        mean, m2, _ = _moments(x2, r, shift)
         assert mean == np.float64(np.float32(1e4 + 0.5)) and m2 == 0.0
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-@pytest.mark.parametrize("where", [0, 5])  # a sampled position, and one that is not
-def test_nan_and_inf_propagate(bad, where):
+@pytest.mark.parametrize("where", [0, 41])  # a sampled position, and one that is not
+def test_nan_and_inf_propagate(bad, where, shift):
     row = np.linspace(-1, 1, 64).astype(np.float32)
+    assert (where in _sample_positions(64, shift)) == (where == 0)
     row[where] = bad
-    mean, m2, _ = _moments(row[None, :], 0)
+    mean, m2, _ = _moments(row[None, :], 0, shift)
     if np.isnan(bad):
         assert np.isnan(mean) and np.isnan(m2)
     else:
         assert mean == bad and np.isnan(m2)  # as two passes: (x - inf) is NaN
 
 
-def test_rows_of_a_matrix_are_independent(rng):
+def test_rows_of_a_matrix_are_independent(rng, shift):
     x2 = rng.standard_normal((5, 200)).astype(np.float32) * np.arange(1, 6, dtype=np.float32)[:, None]
     for r in range(5):
-        alone = _moments(np.ascontiguousarray(x2[r:r + 1]), 0)
-        assert _moments(x2, r)[:2] == alone[:2]
+        alone = _moments(np.ascontiguousarray(x2[r:r + 1]), 0, shift)
+        assert _moments(x2, r, shift)[:2] == alone[:2]

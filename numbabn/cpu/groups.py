@@ -44,20 +44,28 @@ from ._chunks import row_pieces, serial
 from .backward import _piece_sums
 from .moments import _moments_rows, _moments_rows_serial
 from .rownorm import row_cut
-from .rows import SHIFT_SAMPLES, lanes, row_moments, shifted_moments
+from .rows import SHIFT_SAMPLES, lanes, row_moments, shifted_moments, spread_shift
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _train_piece(x2, r0, r1, cpg, weight, bias, eps, y2, mean, m2, invstd):
-    """Rows ``r0:r1`` of the (N*G, L) view: statistics, then each channel's segment."""
+    """Rows ``r0:r1`` of the (N*G, L) view: statistics, then each channel's segment.
+
+    The next row's shift (:func:`numbabn.cpu.rows.spread_shift`, a cache miss
+    per sampled value) is taken before this row is normalized, so that its
+    loads overlap the normalization instead of stalling the next row's sums.
+    """
     L = x2.shape[1]
     B = L // cpg
     G = weight.size // cpg
     acc1, acc2 = lanes()
     tv = np.empty(4, x2.dtype)  # mean head and tail, then the segment's scale and shift
+    c = spread_shift(x2, r0) if r0 < r1 and L > 0 else 0.0
     for r in range(r0, r1):
-        mu, q = row_moments(x2, r, acc1, acc2, tv)
+        mu, q = row_moments(x2, r, c, acc1, acc2, tv)
         mean[r], m2[r] = mu, q
+        if r + 1 < r1 and L > 0:
+            c = spread_shift(x2, r + 1)
         mhi = tv[0]
         mlo = tv[1]
         rs = formulas.invstd(q / L, eps)  # once per row; each segment only scales it

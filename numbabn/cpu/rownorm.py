@@ -47,7 +47,7 @@ import numpy as np
 from numba import njit, prange, uint64
 
 from . import formulas
-from .rows import LANES, centred_square_sum, lane_total, lanes, row_moments
+from .rows import LANES, centred_square_sum, lane_total, head_shift, lanes, row_moments
 
 #: A piece of work holds about this many elements (whole rows; at least one row).
 PIECE_ELEMENTS = 1 << 16
@@ -74,12 +74,14 @@ def row_statistics(x, r, centered, eps, acc1, acc2, tv):
     loops.
 
     Layer norm (``centered``): the engine's :func:`numbabn.cpu.rows.row_moments`
-    (one pass about a shift, two where the shift misses).  RMS norm: one pass,
-    the sum of squares (mean reported as 0).
+    about the mean of the row's first values (:func:`numbabn.cpu.rows.head_shift`:
+    a row's features are exchangeable, and these values are read next anyway);
+    one pass, two where the shift misses.  RMS norm: one pass, the sum of
+    squares (mean reported as 0).
     """
     D = x.shape[1]
     if centered:
-        mean, m2 = row_moments(x, r, acc1, acc2, tv)
+        mean, m2 = row_moments(x, r, head_shift(x, r), acc1, acc2, tv)
     else:
         mean = 0.0
         tv[0] = 0.0

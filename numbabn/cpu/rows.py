@@ -72,11 +72,8 @@ def lane_total(acc):
 
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
-def _sample_mean(x, r):
-    """Float64 mean of up to ``SHIFT_SAMPLES`` values at an even stride along row ``r``."""
-    D = x.shape[1]
-    n = min(D, SHIFT_SAMPLES)
-    stride = D // n
+def _strided_mean(x, r, n, stride):
+    """Float64 mean of the ``n`` values ``x[r, 0], x[r, stride], ..., x[r, (n-1) * stride]``."""
     ur = uint64(r)
     p0 = p1 = p2 = p3 = 0.0  # four chains: a quarter of the add latency
     k = 0
@@ -90,6 +87,32 @@ def _sample_mean(x, r):
         p0 += float64(x[ur, uint64(k * stride)])
         k += 1
     return ((p0 + p1) + (p2 + p3)) / n
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def head_shift(x, r):
+    """A shift for :func:`row_moments` of a row of exchangeable values (layer norm's
+    features): the float64 mean of its first ``SHIFT_SAMPLES`` values (at least one).
+
+    Two cache lines of float32, which the sums read next anyway: this shift
+    costs next to nothing, where a spread one stalls on a cache miss per value.
+    """
+    return _strided_mean(x, r, min(x.shape[1], SHIFT_SAMPLES), 1)
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def spread_shift(x, r):
+    """A shift for :func:`row_moments` of a row laid out in blocks of their own means
+    (group norm's channels, each a run of the row): the float64 mean of up to
+    ``SHIFT_SAMPLES`` values at an even stride along the row (at least one).
+
+    Its loads touch a cache line each, ahead of the sequential reads; callers
+    take it one row ahead, before normalizing the row in hand, so that the
+    loads overlap that work instead of stalling the row's sums.
+    """
+    D = x.shape[1]
+    n = min(D, SHIFT_SAMPLES)
+    return _strided_mean(x, r, n, D // n)
 
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
@@ -194,8 +217,11 @@ def _row_sum(x, r, acc):
 
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
-def row_moments(x, r, acc1, acc2, tv):
+def row_moments(x, r, c, acc1, acc2, tv):
     """Float64 ``(mean, M2)`` of row ``r`` of a C-contiguous 2-D ``x`` (module docstring).
+
+    ``c``: the row's shift, :func:`head_shift` or :func:`spread_shift` of
+    ``(x, r)`` (rounded here to the row's dtype).
 
     The helpers index ``x`` directly (no row views, whose reference counts
     cost more than a short row's arithmetic).
@@ -207,7 +233,7 @@ def row_moments(x, r, acc1, acc2, tv):
     """
     D = x.shape[1]
     if D > 0:
-        tv[0] = _sample_mean(x, r)
+        tv[0] = c
         c = tv[0]
         s1, s2 = _shifted_sums(x, r, c, acc1, acc2)
         mean, m2, kept = shifted_moments(c, s1, s2, D)
