@@ -34,6 +34,26 @@ def destination(out, shape, dtype, *inputs):
     return np.empty(shape, dtype=dtype), False
 
 
+def unless_in_place(out, a):
+    """``out`` as a kernel takes it: None when it is ``a``'s own buffer, else ``out``.
+
+    A kernel given None writes into ``a`` itself
+    (:func:`numbabn.cpu.epilogue.into`, chosen when Numba compiles).  Given ``a`` twice, its loops
+    would test at run time that the two arrays do not overlap, find that they
+    do, and take their scalar versions: in place ran at half the speed of a
+    separate ``out=``.
+    """
+    return None if same_buffer(out, a) else out
+
+
+def rows_view(a3):
+    """The (A, C * B) view of an optional (A, C, B) array."""
+    if a3 is None:
+        return None
+    A, C, B = a3.shape
+    return a3.reshape(A, C * B)
+
+
 def same_buffer(a, b):
     return a is b or (
         a.__array_interface__["data"][0] == b.__array_interface__["data"][0]

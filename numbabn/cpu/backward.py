@@ -33,11 +33,12 @@ import numpy as np
 from numba import float64, njit, prange, uint64
 
 from . import formulas
+from ._arrays import rows_view, unless_in_place
 from ._chunks import (
     BLOCKS_MAX_B, CHANNEL_JOBS_MIN_C, ROWS_MAX_B, channel_blocks, channel_pieces, channel_runs,
     job_index, lanes_for, piece_bounds, plane_pieces, row_pieces, serial,
 )
-from .epilogue import grad, keep, view
+from .epilogue import grad, into, keep, view
 from .moments import segment_sum
 
 
@@ -63,6 +64,7 @@ def _piece_sums(dy, x, a0, a1, c, mu, start, stop, acc, apply, act, y):
     full = n - n % L
     if apply is not None:  # unpacked once: no reference counting inside the loops
         c2, mu2, u, w, z, dx, dr = apply
+        dx = into(dy, dx)  # in place (see numbabn.cpu._arrays.unless_in_place)
         u2 = uint64(c2)
     acc_s = acc[0]
     acc_p = acc[1]
@@ -130,7 +132,12 @@ def coefficients(invstd, weight, sum_dy, sum_dy_xmu, m, training):
 
 @njit(nogil=True, cache=True)
 def apply_channel(dy, x, c, mu, u, w, z, dx, act, y, dr):
-    """dx of one channel (direct unsigned indexing, as :func:`numbabn.cpu.moments._sum`)."""
+    """dx of one channel (direct unsigned indexing, as :func:`numbabn.cpu.moments._sum`).
+
+    ``dx`` None writes into ``dy`` (see :func:`numbabn.cpu._arrays.unless_in_place`), as
+    in every function here.
+    """
+    dx = into(dy, dx)
     A, C, B = x.shape
     uc = uint64(c)
     for a in range(A):
@@ -167,6 +174,7 @@ def merge_row_sums(part_s, part_p, B):
 @njit(nogil=True, cache=True)
 def apply_rows_piece(dy2, x2, a0, a1, mean, k_dy, k_x, k_0, dx2, act, y2, dr2):
     """dx over rows ``a0:a1`` with W-wide coefficients (vectorizes along rows)."""
+    dx2 = into(dy2, dx2)
     W = x2.shape[1]
     for a in range(a0, a1):
         g = dy2[a]
@@ -273,6 +281,7 @@ def apply_block(dy2, x2, B, c0, mean, k_dy, k_x, k_0, dx2, act, y2, dr2):
     Row by row, channel by channel, with unsigned indices (see
     :func:`numbabn.cpu.moments._sum`): no per-column coefficient arrays to fill.
     """
+    dx2 = into(dy2, dx2)
     for a in range(x2.shape[0]):
         ua = uint64(a)
         for k in range(k_dy.size):
@@ -364,6 +373,7 @@ def _reduce_blocks_serial(dy2, x2, B, mean):
 
 @njit(nogil=True, parallel=True, cache=True)
 def _apply_planes(dy, x, mean, k_dy, k_x, k_0, dx):
+    dx = into(dy, dx)
     A, C, B = x.shape
     pieces, length = plane_pieces(B)
     for job in prange(A * C * pieces):
@@ -535,13 +545,6 @@ def _backward_blocks_serial(dy2, x2, B, mean, invstd, weight, training, dx2, act
 
 # --- entry points ------------------------------------------------------------------------
 
-def _rows2(a3):
-    if a3 is None:
-        return None
-    A, C, B = a3.shape
-    return a3.reshape(A, C * B)
-
-
 def backward_reduce(dy3, x3, mean):
     """Per-channel float64 ``(sum(dy), sum(dy * (x - mean)))``."""
     A, C, B = x3.shape
@@ -550,10 +553,10 @@ def backward_reduce(dy3, x3, mean):
     one_thread = serial(x3.size)
     if B < ROWS_MAX_B:
         kernel = _reduce_rows_serial if one_thread else _reduce_rows
-        return kernel(_rows2(dy3), _rows2(x3), B, mean, None, None)
+        return kernel(rows_view(dy3), rows_view(x3), B, mean, None, None)
     if B < BLOCKS_MAX_B:
         kernel = _reduce_blocks_serial if one_thread else _reduce_blocks
-        return kernel(_rows2(dy3), _rows2(x3), B, mean)
+        return kernel(rows_view(dy3), rows_view(x3), B, mean)
     return (_reduce_channels_serial if one_thread else _reduce_channels)(dy3, x3, mean)
 
 
@@ -563,10 +566,11 @@ def backward_apply(dy3, x3, mean, k_dy, k_x, k_0, dx3):
         return
     A, C, B = x3.shape
     one_thread = serial(x3.size)
+    dx3 = unless_in_place(dx3, dy3)
     if B < ROWS_MAX_B:
         kernel = _apply_rows_serial if one_thread else _apply_rows
-        kernel(_rows2(dy3), _rows2(x3), *(np.repeat(v, B) for v in (mean, k_dy, k_x, k_0)),
-               _rows2(dx3))
+        kernel(rows_view(dy3), rows_view(x3), *(np.repeat(v, B) for v in (mean, k_dy, k_x, k_0)),
+               rows_view(dx3))
     elif one_thread:
         _apply_channels_serial(dy3, x3, mean, k_dy, k_x, k_0, dx3)
     else:
@@ -619,12 +623,13 @@ def backward(dy3, x3, mean, invstd, weight, training, dx3):
     """
     B = x3.shape[2]
     one_thread = serial(x3.size)
+    dx3 = unless_in_place(dx3, dy3)
     if B < ROWS_MAX_B:
         kernel = _backward_rows_serial_plain if one_thread else _backward_rows_plain
-        return kernel(_rows2(dy3), _rows2(x3), B, mean, invstd, weight, training, _rows2(dx3))
+        return kernel(rows_view(dy3), rows_view(x3), B, mean, invstd, weight, training, rows_view(dx3))
     if B < BLOCKS_MAX_B:
         kernel = _backward_blocks_serial_plain if one_thread else _backward_blocks_plain
-        return kernel(_rows2(dy3), _rows2(x3), B, mean, invstd, weight, training, _rows2(dx3))
+        return kernel(rows_view(dy3), rows_view(x3), B, mean, invstd, weight, training, rows_view(dx3))
     kernel = _backward_planes_serial_plain if one_thread else _backward_planes_plain
     A, C, B = x3.shape
     per, pipelined = channel_runs(A, C, B, x3.itemsize, one_thread)
@@ -640,13 +645,14 @@ def backward_fused(dy3, x3, mean, invstd, weight, training, dx3, act, y3, dr3):
     """
     B = x3.shape[2]
     one_thread = serial(x3.size)
+    dx3 = unless_in_place(dx3, dy3)
     if B < BLOCKS_MAX_B:
         if B < ROWS_MAX_B:
             kernel = _backward_rows_serial if one_thread else _backward_rows
         else:
             kernel = _backward_blocks_serial if one_thread else _backward_blocks
-        return kernel(_rows2(dy3), _rows2(x3), B, mean, invstd, weight, training, _rows2(dx3),
-                      act, _rows2(y3), _rows2(dr3))
+        return kernel(rows_view(dy3), rows_view(x3), B, mean, invstd, weight, training, rows_view(dx3),
+                      act, rows_view(y3), rows_view(dr3))
     kernel = _backward_planes_serial if one_thread else _backward_planes
     A, C, B = x3.shape
     per, pipelined = channel_runs(A, C, B, x3.itemsize, one_thread)

@@ -55,6 +55,11 @@ def keep(dr, i, g):
     """``dr[i] = g`` when ``dr`` is an array; nothing when it is None."""
 
 
+def into(x, out):
+    """The array a loop writes: ``out``, or ``x`` itself when ``out`` is None (in place; see
+    :func:`numbabn.cpu._arrays.unless_in_place`)."""
+
+
 def _is_none(t):
     return t is None or isinstance(t, types.NoneType)
 
@@ -73,6 +78,13 @@ def _select(typingctx, cond, a, b):
     def codegen(context, builder, signature, args):
         return builder.select(*args)
     return a(cond, a, b), codegen
+
+
+@overload(into)
+def _into(x, out):
+    if _is_none(out):
+        return lambda x, out: x
+    return lambda x, out: out
 
 
 @overload(view, inline="always")

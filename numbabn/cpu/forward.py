@@ -35,6 +35,7 @@ from numba import njit, prange
 
 from .._channel_math import blend_running
 from . import formulas
+from ._arrays import rows_view, unless_in_place
 from ._chunks import BLOCKS_MAX_B, ROWS_MAX_B, channel_blocks, channel_runs, row_pieces, serial
 from .moments import _moments_rows, _moments_rows_serial, block_moments, channel_planes_moments
 from .normalize import normalize_block, normalize_channel, normalize_rows_piece
@@ -210,12 +211,13 @@ def forward_train(x3, weight, bias, eps, y3):
     """
     A, C, B = x3.shape
     one_thread = serial(x3.size)
+    y3 = unless_in_place(y3, x3)
     if B < ROWS_MAX_B:
         kernel = _train_rows_serial_plain if one_thread else _train_rows_plain
-        return kernel(x3.reshape(A, C * B), B, weight, bias, eps, y3.reshape(A, C * B))
+        return kernel(x3.reshape(A, C * B), B, weight, bias, eps, rows_view(y3))
     if B < BLOCKS_MAX_B:
         kernel = _train_blocks_serial_plain if one_thread else _train_blocks_plain
-        return kernel(x3.reshape(A, C * B), B, weight, bias, eps, y3.reshape(A, C * B))
+        return kernel(x3.reshape(A, C * B), B, weight, bias, eps, rows_view(y3))
     kernel = _train_planes_serial_plain if one_thread else _train_planes_plain
     per, pipelined = channel_runs(A, C, B, x3.itemsize, one_thread)
     return kernel(x3, weight, bias, eps, y3, per, pipelined)
@@ -226,24 +228,17 @@ def forward_train_fused(x3, weight, bias, eps, y3, act, r3):
     fused into the store (see :mod:`numbabn.cpu.epilogue`); either may be None."""
     A, C, B = x3.shape
     one_thread = serial(x3.size)
+    y3 = unless_in_place(y3, x3)
     if B < BLOCKS_MAX_B:
         if B < ROWS_MAX_B:
             kernel = _train_rows_serial if one_thread else _train_rows
         else:
             kernel = _train_blocks_serial if one_thread else _train_blocks
-        return kernel(x3.reshape(A, C * B), B, weight, bias, eps, y3.reshape(A, C * B), act,
-                      _rows2(r3))
+        return kernel(x3.reshape(A, C * B), B, weight, bias, eps, rows_view(y3), act,
+                      rows_view(r3))
     kernel = _train_planes_serial if one_thread else _train_planes
     per, pipelined = channel_runs(A, C, B, x3.itemsize, one_thread)
     return kernel(x3, weight, bias, eps, y3, per, pipelined, act, r3)
-
-
-def _rows2(a3):
-    """The (A, C * B) view of an optional (A, C, B) array."""
-    if a3 is None:
-        return None
-    A, C, B = a3.shape
-    return a3.reshape(A, C * B)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")

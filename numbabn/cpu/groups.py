@@ -40,8 +40,10 @@ import numpy as np
 from numba import float64, njit, prange, uint64
 
 from . import formulas
+from ._arrays import unless_in_place
 from ._chunks import row_pieces, serial
 from .backward import _piece_sums
+from .epilogue import into
 from .moments import _moments_rows, _moments_rows_serial
 from .rownorm import row_cut
 from .rows import SHIFT_SAMPLES, lanes, row_moments, shifted_moments, spread_shift
@@ -54,7 +56,9 @@ def _train_piece(x2, r0, r1, cpg, weight, bias, eps, y2, mean, m2, invstd):
     The next row's shift (:func:`numbabn.cpu.rows.spread_shift`, a cache miss
     per sampled value) is taken before this row is normalized, so that its
     loads overlap the normalization instead of stalling the next row's sums.
+    ``y2`` None: into ``x2``.
     """
+    y2 = into(x2, y2)
     L = x2.shape[1]
     B = L // cpg
     G = weight.size // cpg
@@ -108,12 +112,14 @@ def train_rows(x3, cpg, weight, bias, eps, y3):
     ``weight``/``bias`` are float64 vectors of the C channels.
     """
     kernel = _train_rows_serial if serial(x3.size) else _train_rows
-    return kernel(x3[0], cpg, weight, bias, eps, y3[0])
+    return kernel(x3[0], cpg, weight, bias, eps, unless_in_place(y3[0], x3[0]))
 
 
 @njit(nogil=True, cache=True)
 def _backward_row(dy3, x3, r, cpg, mean, invstd, weight, dx3, seg_s, seg_p):
-    """dx of row ``r``; its per-segment (S, P) go to ``seg_s[r]``, ``seg_p[r]``."""
+    """dx of row ``r`` (into ``dy3`` when ``dx3`` is None); its per-segment (S, P) go to
+    ``seg_s[r]``, ``seg_p[r]``."""
+    dx3 = into(dy3, dx3)
     L = x3.shape[2]
     B = L // cpg
     G = weight.size // cpg
@@ -164,7 +170,7 @@ def backward_rows(dy3, x3, cpg, mean, invstd, weight, dx3):
     ``S`` and ``P`` have shape (N*G, C/G): row r, channel ``(r % G) * cpg + j``.
     """
     kernel = _backward_rows_serial if serial(x3.size) else _backward_rows
-    return kernel(dy3, x3, cpg, mean, invstd, weight, dx3)
+    return kernel(dy3, x3, cpg, mean, invstd, weight, unless_in_place(dx3, dy3))
 
 
 # --- channels-last: (N, A, C), each sample A rows of C channels ---------------------------
@@ -263,12 +269,20 @@ def _sample_vectors(x2, mean, m2, count, cpg, weight, bias, eps, invstd):
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _apply_rows(x2, a0, a1, hi, lo, scale, shift, y2):
-    """``y = ((x - μ_hi) - μ_lo)·(γσ⁻¹) + β`` over rows ``a0:a1``, in x's dtype."""
+    """``y = ((x - μ_hi) - μ_lo)·(γσ⁻¹) + β`` over rows ``a0:a1``, in x's dtype (into
+    ``x2`` when ``y2`` is None)."""
+    y2 = into(x2, y2)
     C = x2.shape[1]
     for a in range(a0, a1):
         ua = uint64(a)
         for j in range(C):
             y2[ua, j] = ((x2[ua, j] - hi[j]) - lo[j]) * scale[j] + shift[j]
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _sample(y3, n):
+    """Sample ``n`` of ``y3``, or None (in place) when ``y3`` is None."""
+    return None if y3 is None else y3[n]
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -294,7 +308,7 @@ def _train_samples(x3, cpg, weight, bias, eps, y3):
     G = C // cpg
     mean, m2, invstd = np.empty((N, G)), np.empty((N, G)), np.empty((N, G))
     for n in prange(N):
-        _train_sample(x3[n], cpg, weight, bias, eps, y3[n], mean[n], m2[n], invstd[n])
+        _train_sample(x3[n], cpg, weight, bias, eps, _sample(y3, n), mean[n], m2[n], invstd[n])
     return mean, m2, invstd
 
 
@@ -304,7 +318,7 @@ def _train_samples_serial(x3, cpg, weight, bias, eps, y3):
     G = C // cpg
     mean, m2, invstd = np.empty((N, G)), np.empty((N, G)), np.empty((N, G))
     for n in range(N):
-        _train_sample(x3[n], cpg, weight, bias, eps, y3[n], mean[n], m2[n], invstd[n])
+        _train_sample(x3[n], cpg, weight, bias, eps, _sample(y3, n), mean[n], m2[n], invstd[n])
     return mean, m2, invstd
 
 
@@ -317,7 +331,7 @@ def _train_sample_pieces(x3, cpg, weight, bias, eps, y3):
     rows, pieces = row_pieces(A, C)
     part1, part2 = np.empty((pieces, C)), np.empty((pieces, C))
     for n in range(N):
-        x2, y2 = x3[n], y3[n]
+        x2, y2 = x3[n], _sample(y3, n)
         shift = _column_shifts(x2)
         for k in prange(pieces):
             _column_sums(x2, k * rows, min((k + 1) * rows, A), shift, part1[k], part2[k])
@@ -342,4 +356,4 @@ def train_samples(x3, cpg, weight, bias, eps, y3):
         kernel = _train_samples
     else:
         kernel = _train_sample_pieces
-    return kernel(x3, cpg, weight, bias, eps, y3)
+    return kernel(x3, cpg, weight, bias, eps, unless_in_place(y3, x3))

@@ -25,7 +25,7 @@ import numpy as np
 from numba import float64, njit, prange, uint64
 
 from . import formulas
-from .epilogue import store
+from .epilogue import into, store
 from ._chunks import (
     BLOCKS_MAX_B, ROWS_MAX_B, channel_blocks, channel_pieces, lanes_for, piece_bounds, row_pieces,
     serial,
@@ -62,6 +62,7 @@ def _sum(x, a0, a1, c, start, stop, acc, shift, normalize):
     full = n - n % L
     if normalize is not None:  # unpacked once: no reference counting inside the loops
         c2, scale, shift2, y, act, res = normalize
+        y = into(x, y)  # in place (see numbabn.cpu._arrays.unless_in_place)
         u2 = uint64(c2)
     for lane in range(L):
         acc[lane] = 0.0

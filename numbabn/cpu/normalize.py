@@ -16,8 +16,9 @@ import numpy as np
 from numba import njit, prange, uint64
 
 from . import formulas
+from ._arrays import rows_view, unless_in_place
 from ._chunks import CHANNEL_JOBS_MIN_C, ROWS_MAX_B, job_index, plane_pieces, row_pieces, serial
-from .epilogue import store, view
+from .epilogue import into, store, view
 
 
 @njit(nogil=True, cache=True, error_model="numpy")  # a variance of -eps gives inf, not ZeroDivisionError
@@ -43,8 +44,10 @@ def normalize_channel(x, c, s, t, y, act, r):
 
     Direct unsigned indexing, no per-plane views (see :func:`numbabn.cpu.moments._sum`).
     ``act`` and ``r`` are the fused activation and residual (None for none; see
-    :mod:`numbabn.cpu.epilogue`), as in every function here.
+    :mod:`numbabn.cpu.epilogue`), and ``y`` None writes into ``x`` (see
+    :func:`numbabn.cpu._arrays.unless_in_place`), as in every function here.
     """
+    y = into(x, y)
     A, C, B = x.shape
     uc = uint64(c)
     for a in range(A):
@@ -57,6 +60,7 @@ def normalize_channel(x, c, s, t, y, act, r):
 @njit(nogil=True, cache=True)
 def normalize_rows_piece(x2, a0, a1, scale, shift, y2, act, r2):
     """Rows ``a0:a1`` of (A, W) arrays, with W-wide ``scale``/``shift`` (vectorizes along rows)."""
+    y2 = into(x2, y2)
     W = x2.shape[1]
     for a in range(a0, a1):
         xr = x2[a]
@@ -72,6 +76,7 @@ def normalize_block(x2, B, c0, scale, shift, y2, act, r2):
 
     Unsigned indices, as in :func:`normalize_channel`.
     """
+    y2 = into(x2, y2)
     for a in range(x2.shape[0]):
         ua = uint64(a)
         for k in range(scale.size):
@@ -85,6 +90,7 @@ def normalize_block(x2, B, c0, scale, shift, y2, act, r2):
 
 @njit(nogil=True, parallel=True, cache=True)
 def _normalize_planes(x, scale, shift, y, act, r):
+    y = into(x, y)
     A, C, B = x.shape
     pieces, length = plane_pieces(B)
     for job in prange(A * C * pieces):
@@ -165,12 +171,12 @@ def normalize(x3, scale, shift, y3):
         # One coefficient per column of the (A, C * B) rows view.
         if B > 1:
             scale, shift = np.repeat(scale, B), np.repeat(shift, B)
-        kernel(x3.reshape(A, C * B), scale, shift, y3.reshape(A, C * B))
+        kernel(x3.reshape(A, C * B), scale, shift, rows_view(unless_in_place(y3, x3)))
     elif one_thread:
-        _normalize_channels_serial_plain(x3, scale, shift, y3)
+        _normalize_channels_serial_plain(x3, scale, shift, unless_in_place(y3, x3))
     else:
         kernel = _normalize_channels_plain if C >= CHANNEL_JOBS_MIN_C else _normalize_planes_plain
-        kernel(x3, scale, shift, y3)
+        kernel(x3, scale, shift, unless_in_place(y3, x3))
 
 
 def normalize_fused(x3, scale, shift, y3, act, r3):
@@ -187,10 +193,10 @@ def normalize_fused(x3, scale, shift, y3, act, r3):
         kernel = _normalize_rows_serial if one_thread else _normalize_rows
         if B > 1:
             scale, shift = np.repeat(scale, B), np.repeat(shift, B)
-        kernel(x3.reshape(A, C * B), scale, shift, y3.reshape(A, C * B), act,
-               None if r3 is None else r3.reshape(A, C * B))
+        kernel(x3.reshape(A, C * B), scale, shift, rows_view(unless_in_place(y3, x3)), act,
+               rows_view(r3))
     elif one_thread:
-        _normalize_channels_serial(x3, scale, shift, y3, act, r3)
+        _normalize_channels_serial(x3, scale, shift, unless_in_place(y3, x3), act, r3)
     else:
         kernel = _normalize_channels if C >= CHANNEL_JOBS_MIN_C else _normalize_planes
-        kernel(x3, scale, shift, y3, act, r3)
+        kernel(x3, scale, shift, unless_in_place(y3, x3), act, r3)

@@ -47,7 +47,9 @@ import numpy as np
 from numba import njit, prange, uint64
 
 from . import formulas
-from .rows import LANES, centred_square_sum, lane_total, head_shift, lanes, row_moments
+from ._arrays import unless_in_place
+from .epilogue import into
+from .rows import LANES, centred_square_sum, head_shift, lane_total, lanes, row_moments
 
 #: A piece of work holds about this many elements (whole rows; at least one row).
 PIECE_ELEMENTS = 1 << 16
@@ -94,7 +96,9 @@ def row_statistics(x, r, centered, eps, acc1, acc2, tv):
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _forward_piece(x, r0, r1, w, b, eps, centered, y, mean, rstd):
-    """Rows ``r0:r1``: statistics, then ``y = ((x - mu_hi) - mu_lo) * rstd * w + b``."""
+    """Rows ``r0:r1``: statistics, then ``y = ((x - mu_hi) - mu_lo) * rstd * w + b``
+    (into ``x`` when ``y`` is None)."""
+    y = into(x, y)
     acc1, acc2 = lanes()
     tv = np.empty(4, x.dtype)
     D = x.shape[1]
@@ -134,14 +138,14 @@ def forward(x2, w, b, eps, centered, y2, parallel):
     """Normalize the rows of ``x2`` into ``y2``; returns float64 ``(mean, rstd)`` per row.
 
     ``x2``, ``y2``: C-contiguous (R, D) of one compute dtype (``y2`` may be
-    ``x2``); ``w``, ``b``: contiguous (D,) of that dtype (ones and zeros for
+    ``x2``'s buffer); ``w``, ``b``: contiguous (D,) of that dtype (ones and zeros for
     absent ones; ``b`` is not read for RMS norm).
     """
     R = x2.shape[0]
     mean = np.empty(R)
     rstd = np.empty(R)
     kernel = _forward_parallel if parallel else _forward_serial
-    kernel(x2, w, b, eps, centered, y2, mean, rstd)
+    kernel(x2, w, b, eps, centered, unless_in_place(y2, x2), mean, rstd)
     return mean, rstd
 
 
@@ -192,7 +196,8 @@ def _backward_sums(dy, x, r, w, mhi, mlo, s, acc_g, acc_gx):
 def _backward_piece(dy, x, r0, r1, mean, rstd, w, centered, dx, cw, cb):
     """Rows ``r0:r1``: dx row by row (both passes while the row is in cache), and this
     piece's column sums ``cw += dy * xhat``, ``cb += dy`` (float64, zeroed by the caller),
-    formed in the second pass with the ``xhat`` that dx needs."""
+    formed in the second pass with the ``xhat`` that dx needs.  ``dx`` None: into ``dy``."""
+    dx = into(dy, dx)
     D = x.shape[1]
     acc_g = np.empty(LANES)
     acc_gx = np.empty(LANES)
@@ -259,5 +264,5 @@ def backward(dy2, x2, mean, rstd, w, centered, dx2, parallel):
     _, pieces = row_cut(R, D)
     partials = np.zeros((pieces, 2, D))
     kernel = _backward_parallel if parallel else _backward_serial
-    kernel(dy2, x2, mean, rstd, w, centered, dx2, partials)
+    kernel(dy2, x2, mean, rstd, w, centered, unless_in_place(dx2, dy2), partials)
     return _merge_columns(partials)
