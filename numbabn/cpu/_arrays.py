@@ -37,11 +37,10 @@ def destination(out, shape, dtype, *inputs):
 def unless_in_place(out, a):
     """``out`` as a kernel takes it: None when it is ``a``'s own buffer, else ``out``.
 
-    A kernel given None writes into ``a`` itself
-    (:func:`numbabn.cpu.epilogue.into`, chosen when Numba compiles).  Given ``a`` twice, its loops
-    would test at run time that the two arrays do not overlap, find that they
-    do, and take their scalar versions: in place ran at half the speed of a
-    separate ``out=``.
+    A kernel given None writes into ``a`` itself (:func:`numbabn.cpu.epilogue.into`,
+    chosen when Numba compiles).  Given ``a`` twice, its loops would test at run
+    time that the two arrays do not overlap, find that they do, and take their
+    scalar versions: in place ran 1.3-2.4x slower than a separate ``out=``.
     """
     return None if same_buffer(out, a) else out
 

@@ -626,10 +626,12 @@ def backward(dy3, x3, mean, invstd, weight, training, dx3):
     dx3 = unless_in_place(dx3, dy3)
     if B < ROWS_MAX_B:
         kernel = _backward_rows_serial_plain if one_thread else _backward_rows_plain
-        return kernel(rows_view(dy3), rows_view(x3), B, mean, invstd, weight, training, rows_view(dx3))
+        return kernel(rows_view(dy3), rows_view(x3), B, mean, invstd, weight, training,
+                      rows_view(dx3))
     if B < BLOCKS_MAX_B:
         kernel = _backward_blocks_serial_plain if one_thread else _backward_blocks_plain
-        return kernel(rows_view(dy3), rows_view(x3), B, mean, invstd, weight, training, rows_view(dx3))
+        return kernel(rows_view(dy3), rows_view(x3), B, mean, invstd, weight, training,
+                      rows_view(dx3))
     kernel = _backward_planes_serial_plain if one_thread else _backward_planes_plain
     A, C, B = x3.shape
     per, pipelined = channel_runs(A, C, B, x3.itemsize, one_thread)
@@ -651,8 +653,8 @@ def backward_fused(dy3, x3, mean, invstd, weight, training, dx3, act, y3, dr3):
             kernel = _backward_rows_serial if one_thread else _backward_rows
         else:
             kernel = _backward_blocks_serial if one_thread else _backward_blocks
-        return kernel(rows_view(dy3), rows_view(x3), B, mean, invstd, weight, training, rows_view(dx3),
-                      act, rows_view(y3), rows_view(dr3))
+        return kernel(rows_view(dy3), rows_view(x3), B, mean, invstd, weight, training,
+                      rows_view(dx3), act, rows_view(y3), rows_view(dr3))
     kernel = _backward_planes_serial if one_thread else _backward_planes
     A, C, B = x3.shape
     per, pipelined = channel_runs(A, C, B, x3.itemsize, one_thread)

@@ -166,17 +166,18 @@ def normalize(x3, scale, shift, y3):
         return
     A, C, B = x3.shape
     one_thread = serial(x3.size)
+    y3 = unless_in_place(y3, x3)
     if B < ROWS_MAX_B:
         kernel = _normalize_rows_serial_plain if one_thread else _normalize_rows_plain
         # One coefficient per column of the (A, C * B) rows view.
         if B > 1:
             scale, shift = np.repeat(scale, B), np.repeat(shift, B)
-        kernel(x3.reshape(A, C * B), scale, shift, rows_view(unless_in_place(y3, x3)))
+        kernel(rows_view(x3), scale, shift, rows_view(y3))
     elif one_thread:
-        _normalize_channels_serial_plain(x3, scale, shift, unless_in_place(y3, x3))
+        _normalize_channels_serial_plain(x3, scale, shift, y3)
     else:
         kernel = _normalize_channels_plain if C >= CHANNEL_JOBS_MIN_C else _normalize_planes_plain
-        kernel(x3, scale, shift, unless_in_place(y3, x3))
+        kernel(x3, scale, shift, y3)
 
 
 def normalize_fused(x3, scale, shift, y3, act, r3):
@@ -189,14 +190,14 @@ def normalize_fused(x3, scale, shift, y3, act, r3):
         return
     A, C, B = x3.shape
     one_thread = serial(x3.size)
+    y3 = unless_in_place(y3, x3)
     if B < ROWS_MAX_B:
         kernel = _normalize_rows_serial if one_thread else _normalize_rows
         if B > 1:
             scale, shift = np.repeat(scale, B), np.repeat(shift, B)
-        kernel(x3.reshape(A, C * B), scale, shift, rows_view(unless_in_place(y3, x3)), act,
-               rows_view(r3))
+        kernel(rows_view(x3), scale, shift, rows_view(y3), act, rows_view(r3))
     elif one_thread:
-        _normalize_channels_serial(x3, scale, shift, unless_in_place(y3, x3), act, r3)
+        _normalize_channels_serial(x3, scale, shift, y3, act, r3)
     else:
         kernel = _normalize_channels if C >= CHANNEL_JOBS_MIN_C else _normalize_planes
-        kernel(x3, scale, shift, unless_in_place(y3, x3), act, r3)
+        kernel(x3, scale, shift, y3, act, r3)

@@ -6,8 +6,8 @@ is still in the L1/L2 cache, normalized or differentiated.  Reading the row is
 the expensive part, so :func:`row_moments` reads it once in the common case.
 
 One pass about a shift.  With :math:`c` the mean of up to ``SHIFT_SAMPLES``
-values spread along the row (rounded to the row's dtype) and
-:math:`d_j = x_j - c`,
+values of the row, its first ones or ones spread along it (:func:`head_shift`,
+:func:`spread_shift`; rounded to the row's dtype), and :math:`d_j = x_j - c`,
 
 .. math::
 
