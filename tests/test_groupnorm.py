@@ -71,6 +71,23 @@ def test_serial_and_parallel_kernels_give_the_same_bits(rng, monkeypatch, shape,
         np.testing.assert_array_equal(a, b_)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nchw_groups_whose_channels_differ_in_mean(rng, dtype):
+    # A group's first channel sits 40 spreads away from the others: a row's first values
+    # miss its mean, the row is read again, and the rest of its piece takes spread shifts.
+    # Rows of both kinds within one piece, every piece parallel; float64 reference.
+    x = 1e3 + rng.standard_normal((16, 8, 40, 40))
+    x[:, ::4] += 40.0
+    x[5:9] = 1e3 + rng.standard_normal((4, 8, 40, 40))  # groups whose channels agree
+    x = x.astype(dtype)
+    w, b = _affine(rng, 8, dtype)
+    y, mean, invstd = nbn.group_norm_forward(x, 2, w, b)
+    y_ref, mean_ref, invstd_ref, _ = group_forward(x, 2, w, b)
+    _close(y, y_ref, dtype, 10)
+    _close(mean, mean_ref, dtype, 1e3)
+    _close(invstd, invstd_ref, dtype)
+
+
 def test_offset_data_keeps_its_variance(rng):
     x = (1e4 + rng.standard_normal((4, 8, 32, 32))).astype(np.float32)
     for axis, xa in ((1, x), (-1, np.ascontiguousarray(np.moveaxis(x, 1, -1)))):

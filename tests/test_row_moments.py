@@ -1,8 +1,9 @@
 """The engine's row statistics (numbabn.cpu.rows.row_moments) against exact references.
 
-Both of its paths are exercised: the one pass about a sampled shift, and the
-two passes taken when the shift misses the mean (the sampled values are not
-typical of the row).  References are exact: fractions of the float values.
+Its paths are exercised: the one pass about a sampled shift, the pass again
+about values spread along the row when the first values miss the mean, and
+the two passes taken when the sampled values are not typical of the row.
+References are exact: fractions of the float values.
 """
 from fractions import Fraction
 
@@ -17,6 +18,7 @@ from numbabn.cpu import rows
 #: The two shifts the callers take: a row's first values (layer norm), values spread
 #: along it (group norm).
 SHIFTS = {"head": rows.head_shift, "spread": rows.spread_shift}
+SHIFT_HEAD = rows.SHIFT_SAMPLES
 
 
 @pytest.fixture(params=sorted(SHIFTS), scope="module")
@@ -83,6 +85,26 @@ def test_rows_whose_sample_misses_the_mean_take_two_passes(rng, dtype, rtol, D, 
     s2 = float(np.sum((row.astype(np.float64) - c) ** 2))
     assert s1 * s1 > rows.ACCEPT_CANCELLATION * D * s2  # this row does take the fallback
     _check_row(x2[0], rtol, shift)
+
+
+def _misses(row, positions):
+    """Whether the one pass about the mean of ``row[positions]`` would be refused."""
+    c = float(row[positions].astype(np.float64).mean())
+    d = row.astype(np.float64) - c
+    return float(d.sum()) ** 2 > rows.ACCEPT_CANCELLATION * row.size * float((d * d).sum())
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-6), (np.float64, 1e-13)])
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_rows_whose_head_misses_are_summed_again_about_spread_values(rng, dtype, rtol, offset):
+    # Group norm's rows: the first values are one channel's, here 50 spreads above the
+    # rest.  The head shift misses, the spread one does not: one more pass, from cache.
+    D = 5000
+    row = (offset + rng.standard_normal(D)).astype(dtype)
+    row[:SHIFT_HEAD] += dtype(50)
+    assert _misses(row, _sample_positions(D, "head"))
+    assert not _misses(row, _sample_positions(D, "spread"))
+    _check_row(row, rtol, "head")
 
 
 @settings(max_examples=60, deadline=None)

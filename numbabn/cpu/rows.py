@@ -6,8 +6,8 @@ is still in the L1/L2 cache, normalized or differentiated.  Reading the row is
 the expensive part, so :func:`row_moments` reads it once in the common case.
 
 One pass about a shift.  With :math:`c` the mean of up to ``SHIFT_SAMPLES``
-values of the row, its first ones or ones spread along it (:func:`head_shift`,
-:func:`spread_shift`; rounded to the row's dtype), and :math:`d_j = x_j - c`,
+values of the row, its first ones (:func:`head_shift`; rounded to the row's
+dtype), and :math:`d_j = x_j - c`,
 
 .. math::
 
@@ -19,12 +19,19 @@ algebra; its subtraction cancels only as far as the shift misses the mean,
 by the fraction :math:`\rho = S_1^2 / (n S_2) = (\mu - c)^2 / (\sigma^2 + (\mu - c)^2)`.
 The result is kept only when :math:`\rho \le` ``ACCEPT_CANCELLATION`` (1/4:
 the shift lies within :math:`0.58\sigma` of the mean, and :math:`M_2`'s
-relative error is at most 4/3 of :math:`S_2`'s); otherwise, or when a sum is
-not finite, the row is read again with the two-pass computation (the mean,
-then the squares about it, :func:`_row_sum` and :func:`centred_square_sum`).
-A sample mean of 32 values misses the mean by about :math:`\sigma/\sqrt{32}`
-(:math:`\rho \approx 0.03`), so the second pass is for rows whose sampled
-values are not typical of them (a constant border, sorted data).
+relative error is at most 4/3 of :math:`S_2`'s).  Otherwise the row, in
+cache by now, is summed once more about the mean of values spread along it
+(:func:`spread_shift`): group norm's rows are runs of channels, and their
+first values are the first channel's, whose mean may differ from the row's.
+Where that misses too, or a sum is not finite, the row is read again with
+the two-pass computation (the mean, then the squares about it,
+:func:`_row_sum` and :func:`centred_square_sum`).  A sample mean of 32
+values misses the mean by about :math:`\sigma/\sqrt{32}`
+(:math:`\rho \approx 0.03`), so the further passes are for rows whose
+sampled values are not typical of them (a channel apart, a constant border,
+sorted data).  Spread values are not taken first: their loads, a cache miss
+each ahead of the sequential reads, made every row 15-30% slower where x came
+from memory.
 :math:`E[x^2] - E[x]^2` (:math:`c = 0`) is never formed.
 
 Precision.  :math:`d_j` is formed in the row's dtype: exact when
@@ -220,8 +227,11 @@ def _row_sum(x, r, acc):
 def row_moments(x, r, c, acc1, acc2, tv):
     """Float64 ``(mean, M2)`` of row ``r`` of a C-contiguous 2-D ``x`` (module docstring).
 
-    ``c``: the row's shift, :func:`head_shift` or :func:`spread_shift` of
-    ``(x, r)`` (rounded here to the row's dtype).
+    ``c``: the row's shift, usually :func:`head_shift` of ``(x, r)`` (rounded
+    here to the row's dtype).  Where it misses the mean, the row, in cache by
+    now, is summed again about :func:`spread_shift` (group norm's rows, whose
+    first values are one channel's), and only where that misses too (or a sum
+    is not finite) is it read twice more.
 
     The helpers index ``x`` directly (no row views, whose reference counts
     cost more than a short row's arithmetic).
@@ -237,6 +247,11 @@ def row_moments(x, r, c, acc1, acc2, tv):
         c = tv[0]
         s1, s2 = _shifted_sums(x, r, c, acc1, acc2)
         mean, m2, kept = shifted_moments(c, s1, s2, D)
+        if not kept and s2 < np.inf:
+            tv[0] = spread_shift(x, r)
+            c = tv[0]
+            s1, s2 = _shifted_sums(x, r, c, acc1, acc2)
+            mean, m2, kept = shifted_moments(c, s1, s2, D)
         # An infinite S2 with a finite S1 gives M2 = inf here, as two passes do (squares in
         # the row's dtype both ways).
         if kept:
