@@ -233,7 +233,11 @@ def backward(backend, dy, x, slay, mean, invstd, weight, out):
 
 
 def backward_rows(backend, dy, x, slay, mean, invstd, weight, out):
-    """:func:`backward` when every group is one channel (instance norm): batch norm's fused kernel."""
+    """:func:`backward` when every group is one channel (instance norm): the backend's group
+    norm kernel where it has one for the layout, else batch norm's fused kernel."""
+    special = backend.group_backward(dy, x, slay, mean, invstd, host64(weight), out)
+    if special is not None:
+        return special
     plan = problems(slay)
     whole = len(plan) == 1
     x = _contiguous_host(x, whole)

@@ -249,10 +249,15 @@ def group_train(x, slay, weight, bias, eps, out):
 
 
 def group_backward(dy, x, slay, mean, invstd, weight, out):
-    """NCHW-like group norm backward: ``(dx, dweight, dbias)`` (float64), or None for other layouts."""
-    if slay.A != 1:
-        return None
+    """NCHW-like group norm backward: ``(dx, dweight, dbias)`` (float64), or None for other layouts.
+
+    Instance norm (one channel per group) too, but for planes shorter than
+    batch norm's planes layout: its blocks of channels do better there (0.06
+    against 0.09 ms on float32 8x64x7x7).
+    """
     cpg = slay.C // slay.G
+    if slay.A != 1 or (cpg == 1 and slay.B < BLOCKS_MAX_B):
+        return None
     lay = Layout(1, slay.N * slay.G, cpg * slay.B, 1)
     dy3, x3 = _view3(dy, lay), _view3(x, lay)
     dx3, direct = _output3(out, lay, dy3.dtype, dy3, x3)

@@ -16,7 +16,8 @@ Two views, as in :mod:`numbabn._engine`:
       y = ((x - \mu_{hi}) - \mu_{lo})\,(\gamma_c\sigma^{-1}) + \beta_c;
 
   its backward reduces each segment to :math:`S_c = \sum dy` and
-  :math:`P_c = \sum dy\,(x - \mu)` (batch norm's per-piece sums), forms the
+  :math:`P_c = \sum dy\,(x - \mu)` (:func:`numbabn.cpu.rows.gradient_sums`,
+  in the row's dtype by groups of four, then float64), forms the
   row's :math:`S^\gamma = \sum_c \gamma_c S_c`, :math:`P^\gamma = \sum_c \gamma_c P_c`
   and writes :math:`dx = \gamma_c\sigma^{-1} dy - \sigma^{-3} P^\gamma/M\,(x - \mu)
   - \sigma^{-1} S^\gamma/M`, again while the row is in cache.
@@ -46,11 +47,11 @@ from numba import float64, njit, prange, uint64
 from . import formulas
 from ._arrays import unless_in_place
 from ._chunks import row_pieces, serial
-from .backward import _piece_sums
 from .epilogue import into, view
 from .moments import _moments_rows, _moments_rows_serial
 from .rownorm import row_cut
-from .rows import SHIFT_SAMPLES, head_shift, lanes, row_moments, shifted_moments
+from .rows import (LANES, SHIFT_SAMPLES, gradient_sums, head_shift, lanes, row_moments,
+                   shifted_moments)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -119,52 +120,65 @@ def train_rows(x3, cpg, weight, bias, eps, y3):
     return kernel(x3[0], cpg, weight, bias, eps, unless_in_place(y3[0], x3[0]))
 
 
-@njit(nogil=True, cache=True)
-def _backward_row(dy3, x3, r, cpg, mean, invstd, weight, dx3, seg_s, seg_p):
-    """dx of row ``r`` (into ``dy3`` when ``dx3`` is None); its per-segment (S, P) go to
-    ``seg_s[r]``, ``seg_p[r]``."""
-    dx3 = into(dy3, dx3)
-    L = x3.shape[2]
+@njit(nogil=True, cache=True, error_model="numpy")
+def _backward_row(dy2, x2, r, cpg, mean, invstd, weight, dx2, seg_s, seg_p):
+    r"""dx of row ``r`` (into ``dy2`` when ``dx2`` is None); its per-segment (S, P) go to
+    ``seg_s[r]``, ``seg_p[r]``.
+
+    In the row's dtype, as the forward: :math:`x - \mu` as ``(x - mhi) - mlo``,
+    the segments' sums by :func:`numbabn.cpu.rows.gradient_sums`, and dx
+    with coefficients rounded to the dtype.
+    """
+    dx2 = into(dy2, dx2)
+    L = x2.shape[1]
     B = L // cpg
     G = weight.size // cpg
     c0 = (r % G) * cpg
-    mu = mean[r]
-    acc = np.empty((2, 32 if B >= 128 else 8))
+    k = LANES if B >= 8 * LANES else 4
+    acc1, acc2 = np.empty(k), np.empty(k)
+    tv = np.empty(5, x2.dtype)  # mean head and tail, then k_x, k_0 and a segment's k_dy
+    tv[0] = mean[r]
+    tv[1] = mean[r] - float64(tv[0])
+    mhi = tv[0]
+    mlo = tv[1]
     s_g = 0.0
     p_g = 0.0
     for j in range(cpg):
-        s, p = _piece_sums(dy3, x3, 0, 1, r, mu, j * B, (j + 1) * B, acc, None, None, None)
+        s, p = gradient_sums(dy2, x2, r, j * B, (j + 1) * B, mhi, mlo, acc1, acc2)
         seg_s[r, j] = s
         seg_p[r, j] = p
         s_g += weight[c0 + j] * s
         p_g += weight[c0 + j] * p
     rs = invstd[r]
-    k_x = -rs * rs * rs * (p_g / L)
-    k_0 = -rs * (s_g / L)
+    tv[2] = -rs * rs * rs * (p_g / L)
+    tv[3] = -rs * (s_g / L)
+    k_x = tv[2]
+    k_0 = tv[3]
     ur = uint64(r)
     for j in range(cpg):
-        k_dy = rs * weight[c0 + j]
+        tv[4] = rs * weight[c0 + j]
+        k_dy = tv[4]
         first = uint64(j * B)
         for b in range(B):
             i = first + uint64(b)
-            dx3[0, ur, i] = k_dy * dy3[0, ur, i] + k_x * (x3[0, ur, i] - mu) + k_0
+            dx2[ur, i] = k_dy * dy2[ur, i] + k_x * ((x2[ur, i] - mhi) - mlo) + k_0
 
 
 @njit(nogil=True, parallel=True, cache=True)
-def _backward_rows(dy3, x3, cpg, mean, invstd, weight, dx3):
-    R = x3.shape[1]
+def _backward_rows(dy2, x2, cpg, mean, invstd, weight, dx2):
+    R = x2.shape[0]
     seg_s, seg_p = np.empty((R, cpg)), np.empty((R, cpg))
     for r in prange(R):
-        _backward_row(dy3, x3, r, cpg, mean, invstd, weight, dx3, seg_s, seg_p)
+        _backward_row(dy2, x2, r, cpg, mean, invstd, weight, dx2, seg_s, seg_p)
     return seg_s, seg_p
 
 
 @njit(nogil=True, cache=True)
-def _backward_rows_serial(dy3, x3, cpg, mean, invstd, weight, dx3):
-    R = x3.shape[1]
+def _backward_rows_serial(dy2, x2, cpg, mean, invstd, weight, dx2):
+    R = x2.shape[0]
     seg_s, seg_p = np.empty((R, cpg)), np.empty((R, cpg))
     for r in range(R):
-        _backward_row(dy3, x3, r, cpg, mean, invstd, weight, dx3, seg_s, seg_p)
+        _backward_row(dy2, x2, r, cpg, mean, invstd, weight, dx2, seg_s, seg_p)
     return seg_s, seg_p
 
 
@@ -172,9 +186,10 @@ def backward_rows(dy3, x3, cpg, mean, invstd, weight, dx3):
     """NCHW group norm backward on (1, N*G, L) views: writes dx; returns per-channel (S, P).
 
     ``S`` and ``P`` have shape (N*G, C/G): row r, channel ``(r % G) * cpg + j``.
+    Instance norm's NCHW backward too (one channel per group).
     """
     kernel = _backward_rows_serial if serial(x3.size) else _backward_rows
-    return kernel(dy3, x3, cpg, mean, invstd, weight, unless_in_place(dx3, dy3))
+    return kernel(dy3[0], x3[0], cpg, mean, invstd, weight, unless_in_place(dx3[0], dy3[0]))
 
 
 # --- channels-last: (N, A, C), each sample A rows of C channels ---------------------------

@@ -167,6 +167,47 @@ def _shifted_sums(x, r, c, acc1, acc2):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
+def gradient_sums(dy, x, r, lo, hi, mhi, mlo, acc1, acc2):
+    r"""Float64 :math:`(\sum dy, \sum dy\,(x - \mu))` over ``[r, lo:hi]`` of 2-D ``dy``, ``x``.
+
+    A backward's reduction along a row, as the forward's :func:`_shifted_sums`:
+    ``mhi + mlo`` is the mean split into a head and a tail of the row's dtype,
+    :math:`x - \mu` is formed in that dtype as ``(x - mhi) - mlo`` (exact for
+    data near the mean), and groups of four terms are added in that dtype,
+    then in float64 lanes added in a fixed order.  The products in float64, a
+    conversion each, ran the backward 1.9x slower (float32, rows in L2).
+    """
+    ur = uint64(r)
+    L = acc1.shape[0]
+    for lane in range(L):
+        acc1[lane] = 0.0
+        acc2[lane] = 0.0
+    step = 4 * L
+    n = hi - lo
+    full = lo + n - n % step
+    u1, u2, u3 = uint64(L), uint64(2 * L), uint64(3 * L)
+    for k in range(n // step):
+        base = uint64(lo + k * step)
+        for lane in range(L):
+            i = base + uint64(lane)
+            g0, g1 = dy[ur, i], dy[ur, i + u1]
+            g2, g3 = dy[ur, i + u2], dy[ur, i + u3]
+            d0 = (x[ur, i] - mhi) - mlo
+            d1 = (x[ur, i + u1] - mhi) - mlo
+            d2 = (x[ur, i + u2] - mhi) - mlo
+            d3 = (x[ur, i + u3] - mhi) - mlo
+            acc1[lane] += float64((g0 + g1) + (g2 + g3))
+            acc2[lane] += float64((g0 * d0 + g1 * d1) + (g2 * d2 + g3 * d3))
+    s = 0.0
+    p = 0.0
+    for j in range(full, hi):
+        g = dy[ur, j]
+        s += float64(g)
+        p += float64(g * ((x[ur, j] - mhi) - mlo))
+    return s + lane_total(acc1), p + lane_total(acc2)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
 def centred_square_sum(x, r, mhi, mlo, acc):
     r"""Float64 :math:`\sum_j ((x_j - m_{hi}) - m_{lo})^2` over one row, in ``len(acc)`` lanes.
 
