@@ -121,9 +121,9 @@ def train_rows(x3, cpg, weight, bias, eps, y3):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _backward_row(dy2, x2, r, cpg, mean, invstd, weight, dx2, seg_s, seg_p):
-    r"""dx of row ``r`` (into ``dy2`` when ``dx2`` is None); its per-segment (S, P) go to
-    ``seg_s[r]``, ``seg_p[r]``.
+def _backward_piece(dy2, x2, r0, r1, cpg, mean, invstd, weight, dx2, seg_s, seg_p):
+    r"""dx of rows ``r0:r1`` (into ``dy2`` when ``dx2`` is None); a row's per-segment (S, P)
+    go to ``seg_s[r]``, ``seg_p[r]``.
 
     In the row's dtype, as the forward: :math:`x - \mu` as ``(x - mhi) - mlo``,
     the segments' sums by :func:`numbabn.cpu.rows.gradient_sums`, and dx
@@ -133,43 +133,46 @@ def _backward_row(dy2, x2, r, cpg, mean, invstd, weight, dx2, seg_s, seg_p):
     L = x2.shape[1]
     B = L // cpg
     G = weight.size // cpg
-    c0 = (r % G) * cpg
     k = LANES if B >= 8 * LANES else 4
     acc1, acc2 = np.empty(k), np.empty(k)
     tv = np.empty(5, x2.dtype)  # mean head and tail, then k_x, k_0 and a segment's k_dy
-    tv[0] = mean[r]
-    tv[1] = mean[r] - float64(tv[0])
-    mhi = tv[0]
-    mlo = tv[1]
-    s_g = 0.0
-    p_g = 0.0
-    for j in range(cpg):
-        s, p = gradient_sums(dy2, x2, r, j * B, (j + 1) * B, mhi, mlo, acc1, acc2)
-        seg_s[r, j] = s
-        seg_p[r, j] = p
-        s_g += weight[c0 + j] * s
-        p_g += weight[c0 + j] * p
-    rs = invstd[r]
-    tv[2] = -rs * rs * rs * (p_g / L)
-    tv[3] = -rs * (s_g / L)
-    k_x = tv[2]
-    k_0 = tv[3]
-    ur = uint64(r)
-    for j in range(cpg):
-        tv[4] = rs * weight[c0 + j]
-        k_dy = tv[4]
-        first = uint64(j * B)
-        for b in range(B):
-            i = first + uint64(b)
-            dx2[ur, i] = k_dy * dy2[ur, i] + k_x * ((x2[ur, i] - mhi) - mlo) + k_0
+    for r in range(r0, r1):
+        c0 = (r % G) * cpg
+        tv[0] = mean[r]
+        tv[1] = mean[r] - float64(tv[0])
+        mhi = tv[0]
+        mlo = tv[1]
+        s_g = 0.0
+        p_g = 0.0
+        for j in range(cpg):
+            s, p = gradient_sums(dy2, x2, r, j * B, (j + 1) * B, mhi, mlo, acc1, acc2)
+            seg_s[r, j] = s
+            seg_p[r, j] = p
+            s_g += weight[c0 + j] * s
+            p_g += weight[c0 + j] * p
+        rs = invstd[r]
+        tv[2] = -rs * rs * rs * (p_g / L)
+        tv[3] = -rs * (s_g / L)
+        k_x = tv[2]
+        k_0 = tv[3]
+        ur = uint64(r)
+        for j in range(cpg):
+            tv[4] = rs * weight[c0 + j]
+            k_dy = tv[4]
+            first = uint64(j * B)
+            for b in range(B):
+                i = first + uint64(b)
+                dx2[ur, i] = k_dy * dy2[ur, i] + k_x * ((x2[ur, i] - mhi) - mlo) + k_0
 
 
 @njit(nogil=True, parallel=True, cache=True)
 def _backward_rows(dy2, x2, cpg, mean, invstd, weight, dx2):
     R = x2.shape[0]
     seg_s, seg_p = np.empty((R, cpg)), np.empty((R, cpg))
-    for r in prange(R):
-        _backward_row(dy2, x2, r, cpg, mean, invstd, weight, dx2, seg_s, seg_p)
+    rows, pieces = row_cut(R, x2.shape[1])
+    for k in prange(pieces):
+        _backward_piece(dy2, x2, k * rows, min((k + 1) * rows, R), cpg, mean, invstd, weight,
+                        dx2, seg_s, seg_p)
     return seg_s, seg_p
 
 
@@ -177,8 +180,7 @@ def _backward_rows(dy2, x2, cpg, mean, invstd, weight, dx2):
 def _backward_rows_serial(dy2, x2, cpg, mean, invstd, weight, dx2):
     R = x2.shape[0]
     seg_s, seg_p = np.empty((R, cpg)), np.empty((R, cpg))
-    for r in range(R):
-        _backward_row(dy2, x2, r, cpg, mean, invstd, weight, dx2, seg_s, seg_p)
+    _backward_piece(dy2, x2, 0, R, cpg, mean, invstd, weight, dx2, seg_s, seg_p)
     return seg_s, seg_p
 
 
