@@ -235,7 +235,8 @@ def backward(backend, dy, x, slay, mean, invstd, weight, out):
 def backward_rows(backend, dy, x, slay, mean, invstd, weight, out):
     """:func:`backward` when every group is one channel (instance norm): the backend's group
     norm kernel where it has one for the layout, else batch norm's fused kernel."""
-    special = backend.group_backward(dy, x, slay, mean, invstd, host64(weight), out)
+    w = host64(weight)
+    special = backend.group_backward(dy, x, slay, mean, invstd, w, out)
     if special is not None:
         return special
     plan = problems(slay)
@@ -243,7 +244,6 @@ def backward_rows(backend, dy, x, slay, mean, invstd, weight, out):
     x = _contiguous_host(x, whole)
     dy = _contiguous_host(dy, whole)
     result = _Output(backend, x, out, whole)
-    w = host64(weight)
     dweight, dbias = np.zeros(slay.C), np.zeros(slay.C)
     dx = result.array
     for p in plan:
