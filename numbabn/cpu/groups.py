@@ -219,22 +219,34 @@ def _column_sums(x2, a0, a1, shift, s1, s2):
 
     Written into ``s1`` and ``s2`` (float64 vectors of the C columns).
     As :func:`numbabn.cpu.rows.row_moments` along a row: the differences and
-    groups of four of them (and of their squares) in x's dtype, then float64.
+    runs of four of them (and of their squares) summed in x's dtype, then
+    float64.  The four rows of a run are read one after the other, each
+    whole: reading them interleaved, column by column, made the pass 2.3x
+    slower when x came from memory (float32, 8x4096x128, 2 threads), though
+    no slower from cache.
     """
     C = x2.shape[1]
     for j in range(C):
         s1[j] = 0.0
         s2[j] = 0.0
+    run1, run2 = np.empty(C, x2.dtype), np.empty(C, x2.dtype)
     quad_end = a0 + (a1 - a0) // 4 * 4
     # The 2-D array indexed directly, unsigned: row views cost reference counts per row.
     for a in range(a0, quad_end, 4):
-        u0, u1, u2, u3 = uint64(a), uint64(a + 1), uint64(a + 2), uint64(a + 3)
+        ua = uint64(a)
         for j in range(C):
-            c = shift[j]
-            d0, d1 = x2[u0, j] - c, x2[u1, j] - c
-            d2, d3 = x2[u2, j] - c, x2[u3, j] - c
-            s1[j] += float64((d0 + d1) + (d2 + d3))
-            s2[j] += float64((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3))
+            d = x2[ua, j] - shift[j]
+            run1[j] = d
+            run2[j] = d * d
+        for r in range(1, 4):
+            ur = ua + uint64(r)
+            for j in range(C):
+                d = x2[ur, j] - shift[j]
+                run1[j] += d
+                run2[j] += d * d
+        for j in range(C):
+            s1[j] += float64(run1[j])
+            s2[j] += float64(run2[j])
     for a in range(quad_end, a1):
         ua = uint64(a)
         for j in range(C):
