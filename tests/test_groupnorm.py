@@ -14,6 +14,7 @@ from conftest import tolerance
 # an axis in the middle (the engine's composition of batch-norm kernels), rank 2.
 LAYOUTS = [
     ((4, 6, 5, 3), 1, 3),
+    ((3, 8, 7, 7), 1, 2),        # segments of 49 values: the backward's short lanes and a tail
     ((3, 5, 4, 8), -1, 2),
     ((3, 4, 6, 5), 2, 3),
     ((5, 8), 1, 4),
