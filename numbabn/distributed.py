@@ -45,6 +45,7 @@ import numpy as np
 from . import _channel_math as cm
 from . import _validate as v
 from ._dispatch import select_backend
+from ._memory_order import channels_in_stored_order
 from .batchnorm import BatchNorm
 from .functional import _backward_inputs, _float_input, _training_inputs, _update_running
 
@@ -56,6 +57,7 @@ class RankInputError(ValueError):
     """Another rank rejected its input, so this collective call cannot produce a result."""
 
 
+@channels_in_stored_order("x", ("out",))
 def sync_batch_norm_forward(x, weight=None, bias=None, *, comm, eps=1e-5, axis=1, out=None,
                             running_mean=None, running_var=None, momentum=0.1, device="auto"):
     r"""Training-mode forward with the statistics of the global batch over ``comm``.
@@ -170,6 +172,7 @@ def _raise_if_rejected(ranks):
         )
 
 
+@channels_in_stored_order("x", ("dy", "out"))
 def sync_batch_norm_backward(dy, x, mean, invstd, weight=None, *, comm, axis=1, out=None,
                              device="auto"):
     r"""Gradients of :func:`sync_batch_norm_forward`: ``(dx, dweight, dbias)``.

@@ -13,6 +13,7 @@ import numpy as np
 from . import _engine
 from . import _validate as v
 from ._dispatch import check_placement, is_device_array, select_backend
+from ._memory_order import channels_in_stored_order
 from ._validate import stats_dtype
 
 #: The activations batch norm's functions and layers fuse.
@@ -69,6 +70,7 @@ def _channel_input(backend, name, vec, lay, convert=True):
     return v.channel_vector(name, _float_input(backend, name, vec, convert), lay.C)
 
 
+@channels_in_stored_order("x", ("out", "residual"))
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
                training=False, momentum=0.1, eps=1e-5, *, axis=1, out=None, device="auto",
                activation=None, negative_slope=0.01, residual=None):
@@ -219,6 +221,7 @@ def _fusion_inputs(backend, x, activation, negative_slope, residual):
 
 
 
+@channels_in_stored_order("x", ("out", "residual"))
 def batch_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=1, out=None,
                        running_mean=None, running_var=None, momentum=0.1, device="auto",
                        activation=None, negative_slope=0.01, residual=None):
@@ -317,6 +320,7 @@ def _check_running(running_mean, running_var, momentum):
     return momentum
 
 
+@channels_in_stored_order("x", ("dy", "y", "out"))
 def batch_norm_backward(dy, x, mean, invstd, weight=None, *, activation=None,
                         negative_slope=0.01, y=None, residual=False, axis=1, training=True,
                         out=None, device="auto"):
@@ -402,6 +406,7 @@ def _backward_inputs(backend, lay, x, dy, mean, invstd, weight, out):
     return dy, mean, invstd, weight, out
 
 
+@channels_in_stored_order("x", ())
 def channel_moments(x, *, axis=1, ddof=0, device="auto"):
     r"""Per-channel mean and variance, computed stably (Welford/Chan, never E[x²]−E[x]²).
 
@@ -537,6 +542,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, axis=1, out=N
                               device=device)[0]
 
 
+@channels_in_stored_order("x", ("out",))
 def group_norm_forward(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=1, out=None,
                        device="auto"):
     r"""Group normalization that also returns the statistics backward needs.
@@ -570,6 +576,7 @@ def group_norm_forward(x, num_groups, weight=None, bias=None, *, eps=1e-5, axis=
     return (y,) + _engine.deliver_stats(backend, x, mean, invstd)
 
 
+@channels_in_stored_order("x", ("dy", "out"))
 def group_norm_backward(dy, x, mean, invstd, num_groups, weight=None, *, axis=1, out=None,
                         device="auto"):
     r"""Gradients of group normalization: ``(dx, dweight, dbias)``.
@@ -601,6 +608,7 @@ def group_norm_backward(dy, x, mean, invstd, num_groups, weight=None, *, axis=1,
     return _sample_backward(dy, x, mean, invstd, num_groups, 2, weight, axis, out, device)
 
 
+@channels_in_stored_order("x", ("out",))
 def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
                   use_input_stats=True, momentum=0.1, eps=1e-5, *, axis=1, out=None,
                   device="auto"):
@@ -662,6 +670,7 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     return backend.forward_infer(x, lay, running_mean, running_var, weight, bias, eps, out)
 
 
+@channels_in_stored_order("x", ("out",))
 def instance_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=1, out=None,
                           running_mean=None, running_var=None, momentum=0.1, device="auto"):
     r"""Instance normalization that also returns the statistics backward needs.
@@ -691,6 +700,7 @@ def instance_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=1, out=No
     return (y,) + _engine.deliver_stats(backend, x, mean, invstd)
 
 
+@channels_in_stored_order("x", ("dy", "out"))
 def instance_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None,
                            device="auto"):
     r"""Gradients of instance normalization: ``(dx, dweight, dbias)``.

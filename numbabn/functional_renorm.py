@@ -30,6 +30,7 @@ import numpy as np
 from . import _renorm_math as rm
 from . import _validate as v
 from ._dispatch import is_device_array, select_backend
+from ._memory_order import channels_in_stored_order
 from .functional import (
     _backward_inputs,
     _channel_input,
@@ -57,6 +58,7 @@ def dmax_value(dmax):
     return float(dmax)
 
 
+@channels_in_stored_order("x", ("out",))
 def batch_renorm(x, running_mean, running_var, weight=None, bias=None, training=False,
                  momentum=0.1, eps=1e-5, *, rmax=3.0, dmax=5.0, axis=1, out=None,
                  device="auto"):
@@ -128,6 +130,7 @@ def batch_renorm(x, running_mean, running_var, weight=None, bias=None, training=
     return backend.forward_infer(x, lay, running_mean, running_var, weight, bias, eps, out)
 
 
+@channels_in_stored_order("x", ("out",))
 def batch_renorm_forward(x, running_mean, running_var, weight=None, bias=None, *, momentum=0.1,
                          eps=1e-5, rmax=3.0, dmax=5.0, axis=1, out=None, device="auto"):
     r"""Training-mode batch renormalization that also returns what backward needs.
@@ -186,6 +189,7 @@ def _require_running(running_mean, running_var, why):
         raise ValueError(f"running_mean and running_var are required ({why})")
 
 
+@channels_in_stored_order("x", ("dy", "out"))
 def batch_renorm_backward(dy, x, mean, invstd, r, d, weight=None, *, axis=1, out=None,
                           device="auto"):
     r"""Gradients of batch renormalization: ``(dx, dweight, dbias)``.
