@@ -9,11 +9,25 @@ computes lives in its own module (:mod:`numbabn.batchnorm`,
 :mod:`numbabn.instancenorm`, :mod:`numbabn.normalization`).
 """
 import numbers
+import sys
 
 import numpy as np
 
 from . import _dispatch
 from . import _validate as v
+
+
+#: Outputs smaller than this come from the allocator's free lists, which keep them mapped.
+KEEP_BYTES = 1 << 18
+
+
+def _references(holder, name):
+    """References to ``holder[name]``, counted the same way for the probe below and in use."""
+    return sys.getrefcount(holder.get(name))
+
+
+#: The count of an array that only its holder refers to (interpreters count differently).
+_IDLE_REFERENCES = _references({"probe": np.empty(1)}, "probe")
 
 
 class Module:
@@ -29,7 +43,15 @@ class Module:
     training : bool
     device : {"cpu", "cuda"}
     dtype : numpy.dtype
+    reuse_outputs : bool, default True
+        Write the next output (``y``, and ``dx`` of ``backward``) into the
+        memory of the last one once nothing outside the layer refers to it;
+        the layer then holds that memory while it lives.
     """
+
+    #: Write each output into the memory of the last one once nobody else refers to it
+    #: (:meth:`_output_buffer`); False (on a layer, or on a class) allocates every output.
+    reuse_outputs = True
 
     def __init__(self, *, dtype=np.float32):
         self.dtype = v.float_dtype("dtype", dtype)
@@ -38,6 +60,7 @@ class Module:
         self._parameter_names = []
         self._buffer_names = []
         self._saved = None
+        self._outputs = {}
 
     # ------------------------------------------------------------------ registration
 
@@ -115,6 +138,45 @@ class Module:
                 f"dy must have the shape of the forward's input {shape}, got {tuple(dy.shape)}"
             )
         return dy
+
+    # ------------------------------------------------------------------ output buffers
+
+    def _output_buffer(self, name, like):
+        """The memory of the array this layer last returned as ``name``, to be written
+        again (shaped as ``like``), or None.
+
+        In a training loop each step drops the arrays of the step before, and
+        NumPy's allocator (glibc) gives their memory back to the system: the
+        next step's fresh outputs are faulted in page by page inside the
+        kernels that write them (in ``bench --loop``'s conv-like step, 3.2 MB
+        per output, that made the layer's forward and backward 2.3x slower).
+        So a layer keeps the memory of what it returned, and writes the next
+        result into it when nothing outside the layer refers to it any more (no
+        name, no view, no ``out=`` elsewhere: the reference count of the array
+        that owns it says so) and it fits ``like``: same size and dtype, both
+        C-contiguous.
+        """
+        if (type(like) is not np.ndarray or name not in self._outputs
+                or _references(self._outputs, name) != _IDLE_REFERENCES):
+            return None
+        kept = self._outputs[name]
+        if kept.dtype != like.dtype or kept.size != like.size or not like.flags.c_contiguous:
+            return None
+        return kept.reshape(like.shape)
+
+    def _keep_output(self, name, y):
+        """Keep the memory of ``y`` (a C-contiguous host array of at least ``KEEP_BYTES``
+        that is, or views all of, the array owning it) for :meth:`_output_buffer`;
+        returns ``y``."""
+        owner = y.base if type(y) is np.ndarray and y.base is not None else y
+        if (self.reuse_outputs and type(owner) is np.ndarray and owner.base is None
+                and owner.nbytes >= KEEP_BYTES
+                and owner.flags.c_contiguous and y.flags.c_contiguous
+                and owner.nbytes == y.nbytes):
+            self._outputs[name] = owner
+        else:
+            self._outputs.pop(name, None)
+        return y
 
     # ------------------------------------------------------------------ state
 
@@ -208,7 +270,7 @@ class Module:
         """Move parameters and buffers to ``"cpu"`` or ``"cuda"``; returns self.
 
         Raises :class:`numbabn.CudaUnavailableError` when CUDA cannot be used.
-        The saved forward context and gradients are dropped.
+        The saved forward context, gradients and kept outputs are dropped.
         """
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
@@ -220,6 +282,7 @@ class Module:
             setattr(self, name, value)
         self.device = device
         self._saved = None
+        self._outputs.clear()
         self._clear_grads()
         return self
 

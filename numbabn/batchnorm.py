@@ -222,15 +222,18 @@ class BatchNorm(_NormBase):
                 self.running_mean if update else None,
                 self.running_var if update else None,
                 self._momentum_factor() if update else 0.0,
+                out=self._output_buffer("y", x),
                 **fusion,
             )
+            self._keep_output("y", y)
             if update:  # counted only once the batch went through
                 self.num_batches_tracked += 1
             self._saved = (x, mean, invstd, True)
             self._fusion_saved = (y, residual is not None) if fused else None
             return y
-        y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                         training=False, eps=self.eps, axis=self.axis, **fusion)
+        y = self._keep_output("y", F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, training=False,
+            eps=self.eps, axis=self.axis, out=self._output_buffer("y", x), **fusion))
         # The statistics are constants of this forward: snapshot them (C values) for backward.
         mean = np.array(to_host(self.running_mean), dtype=np.float64)
         invstd = cm.invstd_from_var(np.array(to_host(self.running_var), np.float64), self.eps)
@@ -272,43 +275,49 @@ class BatchNorm(_NormBase):
         x, mean, invstd, batch_stats = self._saved
         fusion_saved = getattr(self, "_fusion_saved", None)
         self.grad_residual = None
+        out = self._output_buffer("dx", x)
         if fusion_saved is not None:
             y, has_residual = fusion_saved
             grads = F.batch_norm_backward(
                 dy, x, mean, invstd, self.weight, activation=self.activation,
                 negative_slope=self.negative_slope, y=y, residual=has_residual,
-                axis=self.axis, training=batch_stats)
+                axis=self.axis, training=batch_stats, out=out)
             dx, dweight, dbias = grads[:3]
             if has_residual:
                 self.grad_residual = grads[3]
         elif batch_stats:
-            dx, dweight, dbias = self._batch_backward(dy, x, mean, invstd)
+            dx, dweight, dbias = self._batch_backward(dy, x, mean, invstd, out=out)
         else:
             dx, dweight, dbias = F.batch_norm_backward(
-                dy, x, mean, invstd, self.weight, axis=self.axis, training=False
+                dy, x, mean, invstd, self.weight, axis=self.axis, training=False, out=out
             )
         self._set_grads(dweight, dbias)
-        return dx
+        return self._keep_output("dx", dx)
 
     # ------------------------------------------------------------------ the two overridable steps
 
-    def _batch_forward(self, x, running_mean, running_var, momentum, **fusion):
+    def _batch_forward(self, x, running_mean, running_var, momentum, out=None, **fusion):
         """Training-mode forward with batch statistics: ``(y, mean, invstd)``.
 
         ``running_mean``/``running_var`` are None when they are not updated;
-        ``momentum`` is the resolved running-average factor.  ``fusion`` holds
+        ``momentum`` is the resolved running-average factor; ``out``, when not
+        None, is memory ``y`` may be written to (the layer's previous output,
+        unreferenced; a subclass may ignore it).  ``fusion`` holds
         the activation and residual keywords when the forward fuses them (a
         subclass that does not fuse need not accept them: the layer refuses
         a fused forward for it).
         """
         return F.batch_norm_forward(
             x, self.weight, self.bias, eps=self.eps, axis=self.axis,
-            running_mean=running_mean, running_var=running_var, momentum=momentum, **fusion,
+            running_mean=running_mean, running_var=running_var, momentum=momentum, out=out,
+            **fusion,
         )
 
-    def _batch_backward(self, dy, x, mean, invstd):
-        """Backward through batch statistics: ``(dx, dweight, dbias)``."""
-        return F.batch_norm_backward(dy, x, mean, invstd, self.weight, axis=self.axis)
+    def _batch_backward(self, dy, x, mean, invstd, out=None):
+        """Backward through batch statistics: ``(dx, dweight, dbias)``; ``dx`` may go
+        into ``out`` (as in :meth:`_batch_forward`)."""
+        return F.batch_norm_backward(dy, x, mean, invstd, self.weight, axis=self.axis,
+                                     out=out)
 
 
 class BatchNorm1d(BatchNorm):

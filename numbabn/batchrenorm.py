@@ -115,8 +115,9 @@ class BatchRenorm(_NormBase):
         self._saved = None
         x = self._check_input(x)
         if not self.training:
-            y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                             training=False, eps=self.eps, axis=self.axis)
+            y = self._keep_output("y", F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, training=False,
+                eps=self.eps, axis=self.axis, out=self._output_buffer("y", x)))
             mean = np.array(to_host(self.running_mean), dtype=np.float64)
             invstd = cm.invstd_from_var(np.array(to_host(self.running_var), np.float64), self.eps)
             self._saved = (x, self._to_device(mean), self._to_device(invstd), None, None)
@@ -125,11 +126,12 @@ class BatchRenorm(_NormBase):
         y, mean, invstd, r, d = FR.batch_renorm_forward(
             x, self.running_mean, self.running_var, self.weight, self.bias,
             momentum=self._momentum_factor(), eps=self.eps,
-            rmax=1.0 if warm else self.rmax, dmax=0.0 if warm else self.dmax, axis=self.axis)
+            rmax=1.0 if warm else self.rmax, dmax=0.0 if warm else self.dmax, axis=self.axis,
+            out=self._output_buffer("y", x))
         self.num_batches_tracked += 1
         self.r, self.d = r, d
         self._saved = (x, mean, invstd, r, d)
-        return y
+        return self._keep_output("y", y)
 
     def backward(self, dy):
         r"""Gradient of the loss with respect to the last forward's input.
@@ -149,14 +151,15 @@ class BatchRenorm(_NormBase):
         """
         dy = self._backward_input(dy)
         x, mean, invstd, r, d = self._saved
+        out = self._output_buffer("dx", x)
         if r is None:
             dx, dweight, dbias = F.batch_norm_backward(
-                dy, x, mean, invstd, self.weight, axis=self.axis, training=False)
+                dy, x, mean, invstd, self.weight, axis=self.axis, training=False, out=out)
         else:
             dx, dweight, dbias = FR.batch_renorm_backward(
-                dy, x, mean, invstd, r, d, self.weight, axis=self.axis)
+                dy, x, mean, invstd, r, d, self.weight, axis=self.axis, out=out)
         self._set_grads(dweight, dbias)
-        return dx
+        return self._keep_output("dx", dx)
 
     def __repr__(self):
         return (

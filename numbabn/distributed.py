@@ -314,20 +314,20 @@ class SyncBatchNorm(BatchNorm):
         converted._synchronized = False
         return converted
 
-    def _batch_forward(self, x, running_mean, running_var, momentum):
+    def _batch_forward(self, x, running_mean, running_var, momentum, out=None):
         self._synchronized = self.training
         if not self._synchronized:
-            return super()._batch_forward(x, running_mean, running_var, momentum)
+            return super()._batch_forward(x, running_mean, running_var, momentum, out=out)
         return sync_batch_norm_forward(
             x, self.weight, self.bias, comm=self.comm, eps=self.eps, axis=self.axis,
-            running_mean=running_mean, running_var=running_var, momentum=momentum,
+            running_mean=running_mean, running_var=running_var, momentum=momentum, out=out,
         )
 
-    def _batch_backward(self, dy, x, mean, invstd):
+    def _batch_backward(self, dy, x, mean, invstd, out=None):
         if not self._synchronized:
-            return super()._batch_backward(dy, x, mean, invstd)
+            return super()._batch_backward(dy, x, mean, invstd, out=out)
         return sync_batch_norm_backward(dy, x, mean, invstd, self.weight, comm=self.comm,
-                                        axis=self.axis)
+                                        axis=self.axis, out=out)
 
 
 def _communicator(comm):

@@ -99,15 +99,17 @@ class _InstanceNorm(_NormBase):
                 x, self.weight, self.bias, eps=self.eps, axis=self.axis,
                 running_mean=self.running_mean if update else None,
                 running_var=self.running_var if update else None,
-                momentum=self.momentum if update else 0.0)
+                momentum=self.momentum if update else 0.0, out=self._output_buffer("y", x))
             self._saved = (x, mean, invstd, True, unbatched)
         else:
             y = F.instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                use_input_stats=False, eps=self.eps, axis=self.axis)
+                                use_input_stats=False, eps=self.eps, axis=self.axis,
+                                out=self._output_buffer("y", x))
             mean = np.array(to_host(self.running_mean), dtype=np.float64)
             invstd = cm.invstd_from_var(np.array(to_host(self.running_var), np.float64),
                                         self.eps)
             self._saved = (x, self._to_device(mean), self._to_device(invstd), False, unbatched)
+        self._keep_output("y", y)
         return y[0] if unbatched else y
 
     def backward(self, dy):
@@ -122,13 +124,15 @@ class _InstanceNorm(_NormBase):
         x, mean, invstd, instance_stats, unbatched = self._saved
         if unbatched:
             dy = dy.reshape(tuple(x.shape))
+        out = self._output_buffer("dx", x)
         if instance_stats:
             dx, dweight, dbias = F.instance_norm_backward(dy, x, mean, invstd, self.weight,
-                                                          axis=self.axis)
+                                                          axis=self.axis, out=out)
         else:
             dx, dweight, dbias = F.batch_norm_backward(dy, x, mean, invstd, self.weight,
-                                                       axis=self.axis, training=False)
+                                                       axis=self.axis, training=False, out=out)
         self._set_grads(dweight, dbias)
+        self._keep_output("dx", dx)
         return dx[0] if unbatched else dx
 
 

@@ -89,9 +89,10 @@ class GroupNorm(Module):
             )
         self._check_placement(x)
         y, mean, invstd = F.group_norm_forward(x, self.num_groups, self.weight, self.bias,
-                                               eps=self.eps, axis=self.axis)
+                                               eps=self.eps, axis=self.axis,
+                                               out=self._output_buffer("y", x))
         self._saved = (x, mean, invstd)
-        return y
+        return self._keep_output("y", y)
 
     def backward(self, dy):
         r"""Gradient with respect to the last forward's input (:func:`numbabn.group_norm_backward`).
@@ -101,12 +102,13 @@ class GroupNorm(Module):
         dy = self._backward_input(dy)
         x, mean, invstd = self._saved
         dx, dweight, dbias = F.group_norm_backward(dy, x, mean, invstd, self.num_groups,
-                                                   self.weight, axis=self.axis)
+                                                   self.weight, axis=self.axis,
+                                                   out=self._output_buffer("dx", x))
         if self.weight is not None:
             self.grad_weight = dweight
         if self.bias is not None:
             self.grad_bias = dbias
-        return dx
+        return self._keep_output("dx", dx)
 
     def __repr__(self):
         return (f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, "
@@ -193,9 +195,10 @@ class LayerNorm(_RowNorm):
         """Normalize ``x``; the input (a reference, not a copy) is kept for :meth:`backward`."""
         x = self._input(x)
         y, mean, invstd = FR.layer_norm_forward(
-            x, self.normalized_shape, self.weight, self.bias, eps=self.eps)
+            x, self.normalized_shape, self.weight, self.bias, eps=self.eps,
+            out=self._output_buffer("y", x))
         self._saved = (x, mean, invstd)
-        return y
+        return self._keep_output("y", y)
 
     def backward(self, dy):
         r"""dx of the last forward; sets ``grad_weight`` :math:`= \sum dy\,\hat x` and
@@ -203,12 +206,13 @@ class LayerNorm(_RowNorm):
         dy = self._backward_input(dy)
         x, mean, invstd = self._saved
         dx, dweight, dbias = FR.layer_norm_backward(
-            dy, x, mean, invstd, self.normalized_shape, self.weight)
+            dy, x, mean, invstd, self.normalized_shape, self.weight,
+            out=self._output_buffer("dx", x))
         if self.weight is not None:
             self.grad_weight = dweight
         if self.bias is not None:
             self.grad_bias = dbias
-        return dx
+        return self._keep_output("dx", dx)
 
 
 class RMSNorm(_RowNorm):
@@ -246,15 +250,17 @@ class RMSNorm(_RowNorm):
     def forward(self, x):
         """Normalize ``x``; the input (a reference, not a copy) is kept for :meth:`backward`."""
         x = self._input(x)
-        y, invrms = FR.rms_norm_forward(x, self.normalized_shape, self.weight, eps=self.eps)
+        y, invrms = FR.rms_norm_forward(x, self.normalized_shape, self.weight, eps=self.eps,
+                                        out=self._output_buffer("y", x))
         self._saved = (x, invrms)
-        return y
+        return self._keep_output("y", y)
 
     def backward(self, dy):
         r"""dx of the last forward; sets ``grad_weight`` :math:`= \sum dy\,\hat x` when affine."""
         dy = self._backward_input(dy)
         x, invrms = self._saved
-        dx, dweight = FR.rms_norm_backward(dy, x, invrms, self.normalized_shape, self.weight)
+        dx, dweight = FR.rms_norm_backward(dy, x, invrms, self.normalized_shape, self.weight,
+                                           out=self._output_buffer("dx", x))
         if self.weight is not None:
             self.grad_weight = dweight
-        return dx
+        return self._keep_output("dx", dx)

@@ -234,7 +234,7 @@ def test_batch_statistics_go_only_through_the_two_overridable_methods(rng, monke
     calls = []
 
     class Replaced(nbn.BatchNorm1d):
-        def _batch_forward(self, x, running_mean, running_var, momentum):
+        def _batch_forward(self, x, running_mean, running_var, momentum, out=None):
             calls.append(("forward", running_mean is not None, momentum))
             y, mean, invstd, unbiased = ref.forward_train(x, self.weight, self.bias, self.eps)
             if running_mean is not None:
@@ -242,7 +242,7 @@ def test_batch_statistics_go_only_through_the_two_overridable_methods(rng, monke
                 running_var[...] = (1 - momentum) * running_var + momentum * unbiased
             return y, mean, invstd
 
-        def _batch_backward(self, dy, x, mean, invstd):
+        def _batch_backward(self, dy, x, mean, invstd, out=None):
             calls.append(("backward",))
             return ref.backward(dy, x, mean, invstd, self.weight)
 
