@@ -27,7 +27,7 @@ def shift(request):
 
 
 def _moments(x2, r, shift):
-    acc1, acc2 = rows.lanes()
+    acc1, acc2 = np.empty(rows.LANES), np.empty(rows.LANES)
     tv = np.empty(4, x2.dtype)
     mean, m2 = rows.row_moments(x2, r, SHIFTS[shift](x2, r), acc1, acc2, tv)
     return mean, m2, tv

@@ -47,11 +47,12 @@ from numba import float64, njit, prange, uint64
 from . import formulas
 from ._arrays import unless_in_place
 from ._chunks import row_pieces, serial
+from ._stack import stack_empty
 from .epilogue import into, view
 from .moments import _moments_rows, _moments_rows_serial
 from .rownorm import row_cut
-from .rows import (LANES, SHIFT_SAMPLES, SHORT_LANES, gradient_sums, head_shift, lanes,
-                   row_moments, shifted_moments)
+from .rows import (LANES, SHIFT_SAMPLES, SHORT_LANES, gradient_sums, head_shift, row_moments,
+                   shifted_moments)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -70,7 +71,7 @@ def _train_piece(x2, r0, r1, cpg, weight, bias, eps, y2, mean, m2, invstd):
     L = x2.shape[1]
     B = L // cpg
     G = weight.size // cpg
-    acc1, acc2 = lanes()
+    acc1, acc2 = stack_empty(LANES), stack_empty(LANES)
     tv = np.empty(4, x2.dtype)  # mean head and tail, then the segment's scale and shift
     for r in range(r0, r1):
         mu, q = row_moments(x2, r, head_shift(x2, r), acc1, acc2, tv)
@@ -146,7 +147,7 @@ def _backward_piece_in(dy2, x2, r0, r1, cpg, mean, invstd, weight, dx2, seg_s, s
     L = x2.shape[1]
     B = L // cpg
     G = weight.size // cpg
-    acc1, acc2 = np.empty(n_lanes), np.empty(n_lanes)
+    acc1, acc2 = stack_empty(n_lanes), stack_empty(n_lanes)
     tv = np.empty(5, x2.dtype)  # mean head and tail, then k_x, k_0 and a segment's k_dy
     for r in range(r0, r1):
         c0 = (r % G) * cpg

@@ -49,8 +49,9 @@ from numba import njit, prange, uint64
 
 from . import formulas
 from ._arrays import unless_in_place
+from ._stack import stack_empty
 from .epilogue import into
-from .rows import LANES, centred_square_sum, head_shift, lane_total, lanes, row_moments
+from .rows import LANES, centred_square_sum, head_shift, lane_total, row_moments
 
 #: A piece of work holds about this many elements (whole rows; at least one row).
 PIECE_ELEMENTS = 1 << 16
@@ -104,7 +105,7 @@ def _forward_piece(x, r0, r1, w, b, eps, centered, y, mean, rstd):
     """Rows ``r0:r1``: statistics, then ``y = ((x - mu_hi) - mu_lo) * rstd * w + b``
     (into ``x`` when ``y`` is None)."""
     y = into(x, y)
-    acc1, acc2 = lanes()
+    acc1, acc2 = stack_empty(LANES), stack_empty(LANES)
     tv = np.empty(4, x.dtype)
     D = x.shape[1]
     for r in range(r0, r1):
@@ -209,8 +210,7 @@ def _backward_piece(dy, x, r0, r1, mean, rstd, w, centered, dx, cw, cb):
     """
     dx = into(dy, dx)
     D = x.shape[1]
-    acc_g = np.empty(LANES)
-    acc_gx = np.empty(LANES)
+    acc_g, acc_gx = stack_empty(LANES), stack_empty(LANES)
     tv = np.empty(4, x.dtype)
     bw = np.zeros(D, x.dtype)  # the block's column terms
     bb = np.zeros(D, x.dtype)

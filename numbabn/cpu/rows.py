@@ -60,12 +60,6 @@ SHIFT_SAMPLES = 32
 ACCEPT_CANCELLATION = 0.25
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
-def lanes():
-    """Lane scratch of one thread: ``(acc1, acc2)``, float64 arrays of ``LANES``."""
-    return np.empty(LANES), np.empty(LANES)
-
-
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def lane_total(acc):
     """Sum of the lanes (a power of two of them) as a pairwise tree, in a fixed order.
@@ -286,10 +280,11 @@ def row_moments(x, r, c, acc1, acc2, tv):
     The helpers index ``x`` directly (no row views, whose reference counts
     cost more than a short row's arithmetic).
 
-    ``acc1``/``acc2``: lane scratch (:func:`lanes`); ``tv``: at least two
-    values of the row's dtype, which receive ``(mean_hi, mean_lo)``, the mean
-    split into a head and a tail of that dtype for the elementwise loops that
-    follow (``x - mean`` as ``(x - mean_hi) - mean_lo``).
+    ``acc1``/``acc2``: lane scratch of ``LANES`` float64 (kernels take it on
+    their stack, :func:`numbabn.cpu._stack.stack_empty`, where it stays in
+    registers); ``tv``: at least two values of the row's dtype, which receive
+    ``(mean_hi, mean_lo)``, the mean split into a head and a tail of that dtype
+    for the elementwise loops that follow (``x - mean`` as ``(x - mean_hi) - mean_lo``).
     """
     D = x.shape[1]
     if D > 0:

@@ -40,6 +40,7 @@ import numpy as np
 from numba import float64, njit, prange, uint64
 
 from ._chunks import LANES
+from ._stack import stack_empty
 from .moments import channel_planes_moments
 from .rows import SHIFT_SAMPLES, shifted_moments
 
@@ -102,7 +103,7 @@ def _run(x, job, runs, shifts, part1, part2):
     A = x.shape[0]
     c, k = job // runs, job % runs
     per = (A + runs - 1) // runs
-    acc1, acc2 = np.empty(LANES), np.empty(LANES)
+    acc1, acc2 = stack_empty(LANES), stack_empty(LANES)
     part1[c, k], part2[c, k] = _run_sums(x, c, k * per, min((k + 1) * per, A), shifts[c],
                                          acc1, acc2)
 
