@@ -118,7 +118,7 @@ def test_channels_last_sample_whose_shift_misses_is_read_twice(rng, dtype):
     x = (0.5 + rng.standard_normal((2, 64, 64, 8))).astype(dtype)
     rows = x.reshape(2, -1, 8)                # the kernels' (N, A, C) view
     A = rows.shape[1]
-    sampled = np.arange(kernels.SHIFT_SAMPLES) * (A // kernels.SHIFT_SAMPLES)
+    sampled = np.arange(kernels.COLUMN_SHIFT_ROWS) * (A // kernels.COLUMN_SHIFT_ROWS)
     rows[0, sampled, :4] = 300.0              # sample 0, group 0: every sampled row far off
 
     def one_pass_accepts(x2):
@@ -134,6 +134,30 @@ def test_channels_last_sample_whose_shift_misses_is_read_twice(rng, dtype):
     np.testing.assert_allclose(mean, mean_ref, rtol=tol)
     np.testing.assert_allclose(invstd, invstd_ref, rtol=tol / 10)
     np.testing.assert_allclose(y, y_ref, rtol=10 * tol, atol=10 * tol)
+
+
+def test_channels_last_shift_from_enough_rows_that_typical_data_reads_once():
+    """A column's shift is the mean of COLUMN_SHIFT_ROWS sampled rows: on N(0, 1) data
+    a shift from 32 rows misses about one column in a thousand (each miss reads its
+    whole sample twice more); from 128 rows, none of these 4096 columns."""
+    from numbabn.cpu import groups as kernels
+
+    x = np.random.default_rng(12345).standard_normal((32, 1024, 128)).astype(np.float32)
+    A, C = x.shape[1:]
+
+    def misses(x2, shift):
+        s1, s2 = np.empty((1, C)), np.empty((1, C))
+        kernels._column_sums(x2, 0, A, shift, s1[0], s2[0])
+        return not kernels._group_moments(shift, s1, s2, A, 4, np.empty(C // 4),
+                                          np.empty(C // 4))
+
+    def sampled_shift(x2, k):
+        return x2[np.arange(k) * (A // k)].astype(np.float64).mean(axis=0).astype(x2.dtype)
+
+    np.testing.assert_array_equal(kernels._column_shifts(x[0]),
+                                  sampled_shift(x[0], kernels.COLUMN_SHIFT_ROWS))
+    assert sum(misses(x2, sampled_shift(x2, 32)) for x2 in x) > 0
+    assert not any(misses(x2, kernels._column_shifts(x2)) for x2 in x)
 
 
 def test_channels_last_kernels_give_the_same_bits(rng):

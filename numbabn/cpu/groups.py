@@ -23,7 +23,7 @@ Two views, as in :mod:`numbabn._engine`:
   - \sigma^{-1} S^\gamma/M`, again while the row is in cache.
 - channels-last, (N, A, C): each sample is A rows of C channels.  Its rows
   are read once, in pieces, about a shift per column :math:`c_j` (the mean of
-  up to ``SHIFT_SAMPLES`` rows), as :func:`numbabn.cpu.rows.row_moments` reads
+  up to ``COLUMN_SHIFT_ROWS`` rows), as :func:`numbabn.cpu.rows.row_moments` reads
   a row: :math:`S_1 = \sum (x - c_j)` and :math:`S_2 = \sum (x - c_j)^2` per
   column, so :math:`\mu_j = c_j + S_1/A` and :math:`M_{2,j} = S_2 - S_1^2/A`,
   and a group's columns are Chan-merged.  Where a column's shift misses
@@ -51,7 +51,7 @@ from ._stack import stack_empty
 from .epilogue import into, view
 from .moments import _moments_rows, _moments_rows_serial
 from .rownorm import row_cut
-from .rows import (LANES, SHIFT_SAMPLES, SHORT_LANES, gradient_sums, head_shift, row_moments,
+from .rows import (LANES, SHORT_LANES, gradient_sums, head_shift, row_moments,
                    shifted_moments)
 
 
@@ -210,11 +210,21 @@ def backward_rows(dy3, x3, cpg, mean, invstd, weight, dx3):
 
 # --- channels-last: (N, A, C), each sample A rows of C channels ---------------------------
 
+#: A channels-last column's shift is the mean of up to this many rows of its sample.
+#: A shift from k rows of N(0, 1)-like data misses (S1^2 > A S2 / 4, a shift more
+#: than sigma / sqrt(3) off) with probability P(|Z| > sqrt(k / 3)): 1e-3 a column
+#: for 32 rows, where one missed column sends its whole sample through two more
+#: passes (two samples in eight of 8x64x64x128 float32, the forward 1.3x slower);
+#: 7e-11 for 128 rows, which cost a read of 128 of the sample's rows.
+COLUMN_SHIFT_ROWS = 128
+
+
 @njit(nogil=True, cache=True, error_model="numpy")
 def _column_shifts(x2):
-    """Per column of a sample: the mean of up to ``SHIFT_SAMPLES`` rows at an even stride, in x's dtype."""
+    """Per column of a sample: the mean of up to ``COLUMN_SHIFT_ROWS`` rows at an even
+    stride, in x's dtype."""
     A, C = x2.shape
-    k = min(A, SHIFT_SAMPLES)
+    k = min(A, COLUMN_SHIFT_ROWS)
     stride = A // k
     total = np.zeros(C)
     for s in range(k):
