@@ -31,8 +31,20 @@ def chan_merge_in_order(summaries, channels):
     return count, mean, m2
 
 
-#: :math:`1/\sqrt{\mathrm{var} + \epsilon}` on host vectors (:func:`numbabn._formulas.invstd`).
-invstd_from_var = _formulas.for_numpy(_formulas.invstd)
+_invstd = _formulas.for_numpy(_formulas.invstd)
+
+
+def invstd_from_var(var, eps):
+    r""":math:`1/\sqrt{\mathrm{var} + \epsilon}` on host vectors (:func:`numbabn._formulas.invstd`).
+
+    With ``eps <= 0`` (PyTorch allows it outside batch norm's training) a zero
+    ``var + eps`` gives inf and a negative one NaN, as PyTorch's, without
+    NumPy's warnings.
+    """
+    if eps > 0:
+        return _invstd(var, eps)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _invstd(var, eps)
 
 _affine = _formulas.for_numpy(_formulas.affine)
 _backward_coefficients = _formulas.for_numpy(_formulas.backward_coefficients)

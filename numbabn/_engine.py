@@ -208,27 +208,30 @@ def backward(backend, dy, x, slay, mean, invstd, weight, out):
     dweight, dbias = np.zeros(C), np.zeros(C)
     count = float(slay.count)
     dx = result.array
-    for p in plan:
-        rows = slice(p.n0, p.n1)
-        n = p.n1 - p.n0
-        xp, dyp = _part(x, p, whole), _part(dy, p, whole)
-        mean_c = _per_group_channel(mean[rows], slay)
-        invstd_c = _per_group_channel(invstd[rows], slay)
-        s, q = backend.backward_reduce(dyp, xp, p.apply, mean_c)
-        s, q = s.reshape(n, C), q.reshape(n, C)
-        dbias += s.sum(axis=0)
-        dweight += (q * invstd_c.reshape(n, C)).sum(axis=0)
-        ws, wq = (s, q) if w is None else (s * w, q * w)
-        s_g = ws.reshape(n, G, C // G).sum(axis=2)
-        q_g = wq.reshape(n, G, C // G).sum(axis=2)
-        r = invstd[rows]
-        k_dy = invstd_c if w is None else invstd_c * _per_channel(w, slay, 0, n)
-        k_x = _per_group_channel(-r * r * r * (q_g / count), slay)
-        k_0 = _per_group_channel(-r * (s_g / count), slay)
-        dxp = backend.backward_apply_coefficients(dyp, xp, p.apply, mean_c, k_dy, k_x, k_0,
-                                                  result.part(p))
-        if whole:
-            dx = dxp
+    # 0 * inf is NaN here without NumPy's warning: sigma^-1 is infinite where eps <= 0 met a
+    # constant group (PyTorch allows eps <= 0 outside batch norm's training).
+    with np.errstate(invalid="ignore"):
+        for p in plan:
+            rows = slice(p.n0, p.n1)
+            n = p.n1 - p.n0
+            xp, dyp = _part(x, p, whole), _part(dy, p, whole)
+            mean_c = _per_group_channel(mean[rows], slay)
+            invstd_c = _per_group_channel(invstd[rows], slay)
+            s, q = backend.backward_reduce(dyp, xp, p.apply, mean_c)
+            s, q = s.reshape(n, C), q.reshape(n, C)
+            dbias += s.sum(axis=0)
+            dweight += (q * invstd_c.reshape(n, C)).sum(axis=0)
+            ws, wq = (s, q) if w is None else (s * w, q * w)
+            s_g = ws.reshape(n, G, C // G).sum(axis=2)
+            q_g = wq.reshape(n, G, C // G).sum(axis=2)
+            r = invstd[rows]
+            k_dy = invstd_c if w is None else invstd_c * _per_channel(w, slay, 0, n)
+            k_x = _per_group_channel(-r * r * r * (q_g / count), slay)
+            k_0 = _per_group_channel(-r * (s_g / count), slay)
+            dxp = backend.backward_apply_coefficients(dyp, xp, p.apply, mean_c, k_dy, k_x, k_0,
+                                                      result.part(p))
+            if whole:
+                dx = dxp
     return dx, dweight, dbias
 
 

@@ -142,22 +142,34 @@ def out_array(out, shape, dtype):
 
 
 def eps_value(eps):
-    if type(eps) is float and 0.0 < eps < math.inf:
+    """eps: any real number, as PyTorch takes it (its own sample inputs use eps=-0.5);
+    where variance + eps is negative, sigma^-1 and the results are NaN, where it is
+    zero, infinite, as PyTorch's."""
+    if type(eps) is float:
         return eps
     if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a real number, got {eps!r}")
-    if not eps > 0 or not math.isfinite(eps):
-        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
     return float(eps)
 
 
+def batch_norm_eps(eps, training):
+    """eps of batch norm (and batch renorm), checked as PyTorch's ``batch_norm`` does: > 0
+    when training, >= 0 when normalizing with running statistics (NaN passes both)."""
+    eps = eps_value(eps)
+    if training and eps <= 0:
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    if eps < 0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+    return eps
+
+
 def momentum_value(momentum):
-    if type(momentum) is float and 0.0 <= momentum <= 1.0:
+    """momentum: any real number, as PyTorch takes it (its sample inputs use -1.2 and
+    -1.0): ``running = (1 - momentum) * running + momentum * batch``."""
+    if type(momentum) is float:
         return momentum
     if isinstance(momentum, (bool, np.bool_)) or not isinstance(momentum, numbers.Real):
-        raise TypeError(f"momentum must be a real number in [0, 1], got {momentum!r}")
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+        raise TypeError(f"momentum must be a real number, got {momentum!r}")
     return float(momentum)
 
 
@@ -255,14 +267,6 @@ def row_statistics(name, v, rows):
     return v
 
 
-def rows_eps(eps):
-    """eps of layer norm and RMS norm: any real number, as PyTorch (its own sample inputs
-    use eps=-0.5; rows whose variance + eps is negative come out NaN)."""
-    if type(eps) is float:
-        return eps
-    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"eps must be a real number, got {eps!r}")
-    return float(eps)
 class SampleLayout(NamedTuple):
     """A per-sample member's input (N, pre..., C, post...) with C in G groups of C // G.
 

@@ -28,7 +28,7 @@ class _NormBase(Module):
         C, the number of channels.
     eps : float
         Added to the variance inside the square root.
-    momentum : float in [0, 1] or None
+    momentum : float or None
         Weight of the new batch in the running estimates; None for a
         cumulative average (factor :math:`1/n` for the n-th tracked batch).
     affine : bool
@@ -124,7 +124,7 @@ class BatchNorm(_NormBase):
         C, the number of channels.
     eps : float, default 1e-5
         Added to the variance inside the square root.
-    momentum : float in [0, 1] or None, default 0.1
+    momentum : float or None, default 0.1
         Weight of the new batch in the running estimates; None for a
         cumulative average.
     affine : bool, default True

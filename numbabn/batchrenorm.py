@@ -41,7 +41,7 @@ class BatchRenorm(_NormBase):
     num_features : int
         C, the number of channels.
     eps : float, default 1e-5
-    momentum : float in [0, 1] or None, default 0.1
+    momentum : float or None, default 0.1
         Weight of the new batch in the running estimates; None for a
         cumulative average.
     affine : bool, default True

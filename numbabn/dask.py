@@ -200,7 +200,9 @@ def batch_norm(darr, mean, var, weight=None, bias=None, eps=1e-5, *, axis=1):
         offset, pass float64 statistics: float32 ones lose digits of the mean.
     weight, bias : array_like of shape (C,), optional
         :math:`\gamma` and :math:`\beta`; None means 1 and 0.
-    eps : float > 0
+    eps : float
+        > 0 when the statistics come from ``darr``, >= 0 when given (batch
+        norm's checks for training and inference).
     axis : int, keyword-only
         The channel axis.
 
@@ -215,7 +217,7 @@ def batch_norm(darr, mean, var, weight=None, bias=None, eps=1e-5, *, axis=1):
     """
     darr = _as_dask(darr)
     lay = v.layout(tuple(darr.shape), axis)
-    eps = v.eps_value(eps)
+    eps = v.batch_norm_eps(eps, mean is None)  # statistics of the data: training's rule
     if (mean is None) != (var is None):
         raise ValueError("mean and var must be given together (or both None to compute them)")
     if mean is None:

@@ -24,7 +24,7 @@ weights' dtype (the bias into ``b``'s dtype, or the weights' dtype without
 import numpy as np
 
 from ._module import to_host
-from ._validate import eps_value, float_dtype
+from ._validate import batch_norm_eps, float_dtype
 
 #: The layers :func:`fold_batch_norm` folds into, by the axis of their weight
 #: that holds the output channels.
@@ -66,7 +66,7 @@ def _fold(w, b, rm, rv, eps, gamma, beta, out_axis, who):
             f"batch norm has {rm.shape[0]} channels but {who}_w has {out} output channels "
             f"(axis {out_axis} of shape {w.shape})"
         )
-    eps = eps_value(eps)
+    eps = batch_norm_eps(eps, False)
     rm = _vector("bn_rm", rm, out, None)
     rv = _vector("bn_rv", _host_float("bn_rv", rv), out, None)
     gamma = _vector("bn_w", gamma, out, 1.0)

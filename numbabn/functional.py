@@ -112,10 +112,12 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
     weight, bias : array_like of shape (C,), optional
         :math:`\gamma` and :math:`\beta`; None means 1 and 0.
     training : bool
-    momentum : float in [0, 1]
+    momentum : float
         Weight of the new batch in the running averages (PyTorch's
         convention; Keras's ``momentum=0.99`` is ``momentum=0.01`` here).
-    eps : float > 0
+        Any real number, as PyTorch takes it.
+    eps : float
+        > 0 when training, >= 0 otherwise (PyTorch's checks, ``ValueError``).
     axis : int, keyword-only
         The channel axis; negative values count from the end.
     out : ndarray, keyword-only, optional
@@ -156,7 +158,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
     running_var = _channel_input(backend, "running_var", running_var, lay, convert=False)
     weight = _channel_input(backend, "weight", weight, lay)
     bias = _channel_input(backend, "bias", bias, lay)
-    eps = v.eps_value(eps)
+    eps = v.batch_norm_eps(eps, training)
     out = v.out_array(out, x.shape, x.dtype)
     fused = act is not None or residual is not None
     if training:
@@ -303,7 +305,7 @@ def _training_inputs(backend, lay, x, weight, bias, running_mean, running_var, e
     bias = _channel_input(backend, "bias", bias, lay)
     running_mean = _channel_input(backend, "running_mean", running_mean, lay, convert=False)
     running_var = _channel_input(backend, "running_var", running_var, lay, convert=False)
-    eps = v.eps_value(eps)
+    eps = v.batch_norm_eps(eps, True)
     out = v.out_array(out, x.shape, x.dtype)
     momentum = _check_running(running_mean, running_var, momentum)
     return weight, bias, running_mean, running_var, eps, out, momentum
@@ -522,7 +524,9 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, axis=1, out=N
         G, a divisor of C.
     weight, bias : array_like of shape (C,), optional
         :math:`\gamma` and :math:`\beta`; None means 1 and 0.
-    eps : float > 0
+    eps : float
+        Any real number, as PyTorch takes it: where variance + eps is
+        negative the group's results are NaN.
     axis : int, keyword-only
         The channel axis (1 for (N, C, ...), -1 for channels-last); not 0.
     out : ndarray, keyword-only, optional
@@ -641,8 +645,10 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
         Required when ``use_input_stats`` is False.
     weight, bias : array_like of shape (C,), optional
     use_input_stats : bool
-    momentum : float in [0, 1]
-    eps : float > 0
+    momentum : float
+        Any real number, as PyTorch takes it.
+    eps : float
+        Any real number, as PyTorch takes it.
     axis, out, device : keyword-only
         As in :func:`group_norm`.
 

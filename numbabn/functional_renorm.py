@@ -80,9 +80,10 @@ def batch_renorm(x, running_mean, running_var, weight=None, bias=None, training=
     weight, bias : array_like of shape (C,), optional
         :math:`\gamma` and :math:`\beta`; None means 1 and 0.
     training : bool
-    momentum : float in [0, 1]
+    momentum : float
         Weight of the new batch in the running averages (PyTorch's convention).
-    eps : float > 0
+    eps : float
+        > 0 when training, >= 0 otherwise (batch norm's checks).
     rmax : float >= 1, keyword-only
         r is clipped to :math:`[1/r_{max}, r_{max}]`; ``inf`` does not clip.
     dmax : float >= 0, keyword-only
@@ -121,7 +122,7 @@ def batch_renorm(x, running_mean, running_var, weight=None, bias=None, training=
     running_var = _channel_input(backend, "running_var", running_var, lay)
     weight = _channel_input(backend, "weight", weight, lay)
     bias = _channel_input(backend, "bias", bias, lay)
-    eps = v.eps_value(eps)
+    eps = v.batch_norm_eps(eps, False)
     out = v.out_array(out, x.shape, x.dtype)
     v.momentum_value(momentum)
     rmax_value(rmax)

@@ -41,7 +41,7 @@ def _statistics(backend, name, a, rows):
 
 def _rms_eps(eps, dtype):
     """``eps=None`` is the machine epsilon of the input's dtype (PyTorch's default)."""
-    return float(np.finfo(dtype).eps) if eps is None else v.rows_eps(eps)
+    return float(np.finfo(dtype).eps) if eps is None else v.eps_value(eps)
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None,
@@ -107,7 +107,7 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, *, eps=1e-5,
     backend = select_backend(device, x, None, out)
     x, shape, rows, weight, bias, out = _forward_inputs(
         backend, x, normalized_shape, weight, bias, out)
-    eps = v.rows_eps(eps)
+    eps = v.eps_value(eps)
     y, mean, rstd = backend.row_norm_forward(x, rows.R, rows.D, weight, bias, eps, True, out)
     return y, mean.reshape(rows.lead), rstd.reshape(rows.lead)
 

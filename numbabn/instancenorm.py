@@ -34,7 +34,7 @@ class _InstanceNorm(_NormBase):
     num_features : int
         C, the number of channels.
     eps : float, default 1e-5
-    momentum : float in [0, 1] or None, default 0.1
+    momentum : float or None, default 0.1
     affine : bool, default False
         Learn :math:`\gamma` (``weight``) and :math:`\beta` (``bias``, unless ``bias=False``).
     track_running_stats : bool, default False

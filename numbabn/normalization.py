@@ -188,7 +188,7 @@ class LayerNorm(_RowNorm):
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, *,
                  dtype=np.float32):
-        super().__init__(normalized_shape, v.rows_eps(eps), elementwise_affine, bool(bias),
+        super().__init__(normalized_shape, v.eps_value(eps), elementwise_affine, bool(bias),
                          dtype=dtype)
 
     def forward(self, x):
@@ -244,7 +244,7 @@ class RMSNorm(_RowNorm):
 
     def __init__(self, normalized_shape, eps=None, elementwise_affine=True, *,
                  dtype=np.float32):
-        super().__init__(normalized_shape, None if eps is None else v.rows_eps(eps),
+        super().__init__(normalized_shape, None if eps is None else v.eps_value(eps),
                          elementwise_affine, None, dtype=dtype)
 
     def forward(self, x):

@@ -296,8 +296,8 @@ def test_backward_without_weight_has_the_stats_dtype(rng):
     ({"rmax": float("nan")}, "rmax must be >= 1"),
     ({"dmax": -0.1}, "dmax must be >= 0"),
     ({"dmax": float("nan")}, "dmax must be >= 0"),
-    ({"momentum": 1.5}, "momentum"),
-    ({"eps": 0.0}, "eps"),
+    ({"eps": 0.0}, "eps must be positive during training"),
+    ({"eps": -1.0}, "eps must be positive during training"),
 ])
 def test_bad_parameters_raise_before_any_write(rng, kwargs, match):
     x, w, b, rm, rv = problem(rng, (5, 3), 1, np.float32)

@@ -140,7 +140,7 @@ def test_channels_last_batch_norm(rng):
     (lambda d: nbd.batch_norm(d, np.zeros(6), None), ValueError),
     (lambda d: nbd.batch_norm(d, np.zeros(5), np.ones(5)), ValueError),
     (lambda d: nbd.batch_norm(d, np.zeros(6), np.ones(6), np.ones(3)), ValueError),
-    (lambda d: nbd.batch_norm(d, np.zeros(6), np.ones(6), eps=0.0), ValueError),
+    (lambda d: nbd.batch_norm(d, np.zeros(6), np.ones(6), eps=-1.0), ValueError),
     (lambda d: nbd.batch_norm(d, np.zeros(6, int), np.ones(6)), TypeError),
 ])
 def test_errors_raise_eagerly(call, error):

@@ -95,7 +95,7 @@ BAD_FORWARD_ARGUMENTS = [
     (dict(bias=np.ones((3, 1))), ValueError),
     (dict(weight=np.ones(3, dtype=int)), TypeError),
     (dict(eps=0.0), ValueError),
-    (dict(momentum=1.5), ValueError),
+    (dict(momentum="0.1"), TypeError),
     (dict(out=np.empty((5, 3, 2))), ValueError),
     (dict(running_var=None), ValueError),
 ]

@@ -201,8 +201,7 @@ def test_backward_needs_a_forward_of_the_same_shape(rng):
     (dict(num_features=0), ValueError),
     (dict(num_features=2.0), TypeError),
     (dict(num_features=True), TypeError),
-    (dict(num_features=2, eps=0.0), ValueError),
-    (dict(num_features=2, momentum=1.5), ValueError),
+    (dict(num_features=2, eps="1e-5"), TypeError),
     (dict(num_features=2, momentum="0.1"), TypeError),
     (dict(num_features=2, dtype=np.int32), TypeError),
     (dict(num_features=2, axis=1.0), TypeError),
@@ -210,6 +209,21 @@ def test_backward_needs_a_forward_of_the_same_shape(rng):
 def test_constructor_checks(kwargs, error):
     with pytest.raises(error):
         nbn.BatchNorm(**kwargs)
+
+
+def test_eps_checked_where_pytorch_checks_it(rng):
+    """As torch.nn.BatchNorm1d: any eps builds; training needs eps > 0, inference eps >= 0,
+    and a refused call leaves the running buffers as they were."""
+    x = rng.standard_normal((4, 2)).astype(np.float32)
+    bn = nbn.BatchNorm1d(2, eps=0.0)
+    before = bn.running_mean.copy(), bn.running_var.copy()
+    with pytest.raises(ValueError, match="eps must be positive during training"):
+        bn(x)
+    np.testing.assert_array_equal(bn.running_mean, before[0])
+    np.testing.assert_array_equal(bn.running_var, before[1])
+    assert np.all(np.isfinite(bn.eval()(x)))
+    with pytest.raises(ValueError, match="eps must be non-negative"):
+        nbn.BatchNorm1d(2, eps=-0.5).eval()(x)
 
 
 def test_device_moves():

@@ -60,14 +60,41 @@ def test_wrong_channel_vector_shape(buffers, name, shape):
     call_and_check_untouched(buffers, ValueError, name, **{name: np.ones(shape, np.float32)})
 
 
-@pytest.mark.parametrize("eps", [0.0, -1e-5, float("nan"), float("inf")])
-def test_bad_eps(buffers, eps):
-    call_and_check_untouched(buffers, ValueError, "eps", eps=eps)
+@pytest.mark.parametrize("eps", [0.0, -1e-5])
+def test_training_eps_must_be_positive_as_pytorch_checks_it(buffers, eps):
+    call_and_check_untouched(buffers, ValueError, "eps must be positive during training",
+                             eps=eps)
 
 
-@pytest.mark.parametrize("momentum", [-0.1, 1.5, float("nan")])
-def test_bad_momentum(buffers, momentum):
-    call_and_check_untouched(buffers, ValueError, "momentum", momentum=momentum)
+def test_inference_eps_must_be_non_negative_as_pytorch_checks_it(buffers):
+    call_and_check_untouched(buffers, ValueError, "eps must be non-negative", eps=-1e-5,
+                             training=False)
+    y = nbn.batch_norm(buffers["x"], buffers["running_mean"], buffers["running_var"],
+                       training=False, eps=0.0)
+    assert np.all(np.isfinite(y))
+
+
+@pytest.mark.parametrize("eps", ["1e-5", None, True])
+def test_eps_of_the_wrong_type(buffers, eps):
+    call_and_check_untouched(buffers, TypeError, "eps", eps=eps)
+
+
+@pytest.mark.parametrize("momentum", [-1.2, -1.0, 1.5])
+def test_any_real_momentum_blends_as_pytorch(buffers, momentum):
+    """PyTorch's own sample inputs use momentum -1.2 and -1.0: no range is enforced,
+    running = (1 - momentum) * running + momentum * batch."""
+    x = buffers["x"].astype(np.float64)
+    rm, rv = buffers["running_mean"].astype(np.float64), buffers["running_var"].astype(np.float64)
+    want_rm = (1 - momentum) * rm + momentum * x.mean(axis=(0, 2))
+    want_rv = (1 - momentum) * rv + momentum * x.var(axis=(0, 2), ddof=1)
+    nbn.batch_norm(x, rm, rv, training=True, momentum=momentum)
+    np.testing.assert_allclose(rm, want_rm, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(rv, want_rv, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("momentum", ["0.1", True])
+def test_momentum_of_the_wrong_type(buffers, momentum):
+    call_and_check_untouched(buffers, TypeError, "momentum", momentum=momentum)
 
 
 @pytest.mark.parametrize("out", [
@@ -171,8 +198,8 @@ def test_forward_running_buffers_checked_before_any_write(buffers):
     out = buffers["out"]
     with pytest.raises(ValueError, match="together"):
         nbn.batch_norm_forward(buffers["x"], running_mean=rm, out=out)
-    with pytest.raises(ValueError, match="momentum"):
+    with pytest.raises(ValueError, match="eps"):
         nbn.batch_norm_forward(buffers["x"], running_mean=rm, running_var=buffers["running_var"],
-                               momentum=2.0, out=out)
+                               eps=0.0, out=out)
     np.testing.assert_array_equal(rm, rm_before)
     assert (out == 123.0).all()

@@ -11,6 +11,7 @@ from .. import _channel_math as cm
 from .._validate import Layout, stats_dtype
 from ._arrays import destination, finish, kernel_view
 from . import backward as _backward
+from . import formulas
 from . import forward as _forward
 from . import groups as _groups
 from . import moments as _moments
@@ -215,7 +216,8 @@ def backward(dy, x, lay, mean, invstd, weight, training, out, act=None, y=None,
     grad_dtype = weight.dtype if weight is not None else stats_dtype(x.dtype)
     # Both are fresh float64 vectors: no copy needed when the gradients are float64.
     # An empty batch has no x-hat (its statistics may be NaN): its dweight is 0.
-    dweight = (sum_dy_xmu * invstd if x3.size else sum_dy_xmu).astype(grad_dtype, copy=False)
+    dweight = (formulas.product(sum_dy_xmu, invstd) if x3.size else sum_dy_xmu).astype(
+        grad_dtype, copy=False)
     return dx, dweight, sum_dy.astype(grad_dtype, copy=False)
 
 
@@ -266,7 +268,7 @@ def group_backward(dy, x, slay, mean, invstd, weight, out):
                                          dx3)
     dx = finish(dx3, direct, dy, out)
     s = seg_s.reshape(slay.N, slay.C)
-    p = seg_p.reshape(slay.N, slay.G, cpg) * invstd.reshape(slay.N, slay.G, 1)
+    p = formulas.product(seg_p.reshape(slay.N, slay.G, cpg), invstd.reshape(slay.N, slay.G, 1))
     return dx, p.reshape(slay.N, slay.C).sum(axis=0), s.sum(axis=0)
 
 
@@ -311,7 +313,7 @@ def _backward_fused(dy, x, lay, mean, invstd, weight, training, out, act, y, res
             act, y3, dr3)
     dx = finish(dx3, direct, dy, out)
     grad_dtype = weight.dtype if weight is not None else stats_dtype(x.dtype)
-    dweight = sum_dy_xmu * invstd if x3.size else sum_dy_xmu  # empty: 0, not NaN
+    dweight = formulas.product(sum_dy_xmu, invstd) if x3.size else sum_dy_xmu  # empty: 0
     grads = (dx, dweight.astype(grad_dtype, copy=False),
              sum_dy.astype(grad_dtype, copy=False))
     return (*grads, finish(dr3, True, dy, None)) if residual else grads

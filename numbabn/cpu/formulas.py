@@ -14,3 +14,10 @@ invstd = _compile(_formulas.invstd)
 affine = _compile(_formulas.affine)
 backward_coefficients = _compile(_formulas.backward_coefficients)
 renorm_correction = _compile(_formulas.renorm_correction)
+
+
+@_compile
+def product(a, b):
+    """``a * b`` elementwise, without NumPy's floating-point warnings: a backward's
+    ``0 * inf`` (sigma^-1 infinite where eps <= 0) is NaN, as in PyTorch."""
+    return a * b
