@@ -46,6 +46,7 @@ def invstd_from_var(var, eps):
     with np.errstate(divide="ignore", invalid="ignore"):
         return _invstd(var, eps)
 
+
 _affine = _formulas.for_numpy(_formulas.affine)
 _backward_coefficients = _formulas.for_numpy(_formulas.backward_coefficients)
 
