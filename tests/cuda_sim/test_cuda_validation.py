@@ -22,7 +22,7 @@ def _buffers(c=3):
 
 
 @pytest.mark.parametrize("case", [
-    "out_on_host", "out_wrong_dtype", "weight_wrong_shape", "bad_momentum", "int_x",
+    "out_on_host", "out_wrong_dtype", "weight_wrong_shape", "training_eps_zero", "int_x",
     "one_value_per_channel", "running_wrong_shape", "non_contiguous_x", "dy_on_host",
     "channels_last_out",
 ])
@@ -39,8 +39,8 @@ def test_errors_before_any_kernel(rng, no_kernels, case):
         kwargs["out"] = to_device(np.zeros(x.shape, np.float64))
     elif case == "weight_wrong_shape":
         kwargs["weight"] = np.ones(4, np.float32)
-    elif case == "bad_momentum":
-        kwargs["momentum"] = 1.5
+    elif case == "training_eps_zero":
+        kwargs["eps"] = 0.0
     elif case == "int_x":
         xd = to_device(np.ones((4, 3, 5), np.int32))
         expected = TypeError
