@@ -37,12 +37,11 @@ _invstd = _formulas.for_numpy(_formulas.invstd)
 def invstd_from_var(var, eps):
     r""":math:`1/\sqrt{\mathrm{var} + \epsilon}` on host vectors (:func:`numbabn._formulas.invstd`).
 
-    With ``eps <= 0`` (PyTorch allows it outside batch norm's training) a zero
-    ``var + eps`` gives inf and a negative one NaN, as PyTorch's, without
-    NumPy's warnings.
+    A zero ``var + eps`` gives inf and a negative one NaN, as PyTorch's, without
+    NumPy's warnings: ``eps <= 0`` (PyTorch allows it outside batch norm's
+    training) and running variances driven below zero by a momentum outside
+    [0, 1] reach here.
     """
-    if eps > 0:
-        return _invstd(var, eps)
     with np.errstate(divide="ignore", invalid="ignore"):
         return _invstd(var, eps)
 

@@ -73,12 +73,15 @@ def _fold(w, b, rm, rv, eps, gamma, beta, out_axis, who):
     beta = _vector("bn_b", beta, out, 0.0)
     if b is not None and (b.ndim != 1 or b.shape[0] != out):
         raise ValueError(f"{who}_b must have shape ({out},), got {b.shape}")
-    scale = gamma / np.sqrt(rv + eps)
     shape = [1] * w.ndim
     shape[out_axis] = out
-    w_fused = (w.astype(np.float64) * scale.reshape(shape)).astype(w.dtype)
     b64 = np.zeros(out) if b is None else b.astype(np.float64)
-    b_fused = ((b64 - rm) * scale + beta).astype(w.dtype if b is None else b.dtype)
+    # var + eps <= 0 (eps = 0, or a running variance below zero after a momentum outside
+    # [0, 1]) gives inf and NaN, as PyTorch's, without NumPy's warnings.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = gamma / np.sqrt(rv + eps)
+        w_fused = (w.astype(np.float64) * scale.reshape(shape)).astype(w.dtype)
+        b_fused = ((b64 - rm) * scale + beta).astype(w.dtype if b is None else b.dtype)
     return w_fused, b_fused
 
 

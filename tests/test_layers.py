@@ -339,3 +339,21 @@ def test_refused_state_changes_nothing(rng, case):
         bn.load_state_dict(state)
     for key, value in bn.state_dict().items():
         np.testing.assert_array_equal(value, before[key])
+
+
+def test_running_variance_below_zero_gives_nan_without_warnings(rng):
+    """A momentum outside [0, 1] (PyTorch's own sample inputs use -1.0) can drive the running
+    variance below zero: inference and folding then give NaN, as PyTorch's, and no NumPy
+    warnings on the way."""
+    import warnings
+
+    x = rng.standard_normal((8, 3))
+    bn = nbn.BatchNorm1d(3, momentum=-1.0, dtype=np.float64)
+    bn.running_var[:] = 0.01
+    bn(x)
+    assert np.all(bn.running_var < 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.all(np.isnan(bn.eval()(x)))
+        w, b = nbn.fold_batch_norm(bn, np.ones((3, 4)))
+    assert np.all(np.isnan(w)) and np.all(np.isnan(b))
