@@ -3,6 +3,7 @@
 ``error_model="numpy"``: a zero under a square root gives inf, as NumPy and
 CUDA give, not ZeroDivisionError.
 """
+import numpy as np
 from numba import njit
 
 from .. import _formulas
@@ -21,3 +22,14 @@ def product(a, b):
     """``a * b`` elementwise, without NumPy's floating-point warnings: a backward's
     ``0 * inf`` (sigma^-1 infinite where eps <= 0) is NaN, as in PyTorch."""
     return a * b
+
+
+@_compile
+def invstd_map(var, eps):
+    """:func:`invstd` of every value of a float64 array (any shape, C order out): host
+    statistics' sigma^-1 in one pass, a zero ``var + eps`` inf and a negative one NaN
+    without NumPy's warnings, and no ``np.errstate`` to pay on every call."""
+    out = np.empty_like(var)
+    for i in range(var.size):
+        out.flat[i] = invstd(var.flat[i], eps)
+    return out
