@@ -65,14 +65,16 @@ def backward_coefficients(invstd, weight, sum_dy, sum_dy_xmu, count, training):
 
     :func:`numbabn._formulas.backward_coefficients` on (C,) vectors in
     training (statistics depend on x); frozen statistics:
-    :math:`dx = \gamma\sigma^{-1} dy`.
+    :math:`dx = \gamma\sigma^{-1} dy`.  An infinite :math:`\sigma^{-1}` (var + eps
+    <= 0) gives inf and NaN (0 * inf) without NumPy's warnings, as PyTorch.
     """
     w = 1.0 if weight is None else weight
-    if not training:
-        k_dy = invstd * w
-        zeros = np.zeros_like(k_dy)
-        return k_dy, zeros, zeros
-    return _backward_coefficients(invstd, w, sum_dy, sum_dy_xmu, float(max(count, 1)))
+    with np.errstate(invalid="ignore", over="ignore"):
+        if not training:
+            k_dy = invstd * w
+            zeros = np.zeros_like(k_dy)
+            return k_dy, zeros, zeros
+        return _backward_coefficients(invstd, w, sum_dy, sum_dy_xmu, float(max(count, 1)))
 
 
 def blend_running(running, batch, momentum):

@@ -47,6 +47,7 @@ from . import _validate as v
 from ._dispatch import select_backend
 from ._memory_order import channels_in_stored_order
 from .batchnorm import BatchNorm
+from .cpu import formulas
 from .functional import _backward_inputs, _float_input, _training_inputs, _update_running
 
 #: The count a rank sends in place of its statistics when it rejected its input.
@@ -223,7 +224,9 @@ def sync_batch_norm_backward(dy, x, mean, invstd, weight=None, *, comm, axis=1, 
         dy, x, lay, mean, invstd, weight, global_dy, global_dy_xmu, count, True, out
     )
     grad_dtype = np.dtype(weight.dtype) if weight is not None else v.stats_dtype(x.dtype)
-    dweight = sum_dy_xmu * np.asarray(invstd, dtype=np.float64)
+    # As the single-process backward: 0 * inf (sigma^-1 infinite where var + eps <= 0) is
+    # NaN without NumPy's warning.
+    dweight = formulas.product(sum_dy_xmu, np.asarray(invstd, dtype=np.float64))
     return dx, dweight.astype(grad_dtype), sum_dy.astype(grad_dtype)
 
 

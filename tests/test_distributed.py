@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,23 @@ def test_one_rank_is_bit_identical_to_single_process(rng, comm_self, dtype):
     for a, b_ in zip((*got, rm, rv, *grads), (*want, rm1, rv1, *want_grads)):
         assert a.dtype == b_.dtype
         np.testing.assert_array_equal(a, b_)
+
+
+def test_backward_with_an_infinite_invstd_is_nan_without_warnings(rng, comm_self):
+    # A constant channel normalized with eps = 0 has sigma^-1 = inf and sum(dy (x - mean)) = 0:
+    # dweight is 0 * inf = NaN, silently, as in the single-process backward (and PyTorch).
+    x = rng.standard_normal((4, 2, 5))
+    x[:, 1] = 3.0
+    dy = rng.standard_normal(x.shape)
+    mean = x.mean(axis=(0, 2))
+    invstd = np.array([1.0 / x[:, 0].std(), np.inf])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = nbn.sync_batch_norm_backward(dy, x, mean, invstd, comm=comm_self)
+        want = nbn.batch_norm_backward(dy, x, mean, invstd)
+    assert np.isnan(got[1][1]) and np.isfinite(got[1][0])
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
 
 
 BAD_FORWARD_ARGUMENTS = [
