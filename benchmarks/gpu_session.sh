@@ -23,7 +23,7 @@ step "environment"
   python3 -m numbabn info; } 2>&1 | tee "$LOGS/env.txt"
 
 step "CUDA suite on the GPU"
-timeout 300 python3 -m pytest -q -p no:cacheprovider tests/cuda_sim tests/test_cuda_ptx.py \
+timeout 300 python3 -m pytest -q -o addopts=-ra -p no:cacheprovider tests/cuda_sim tests/test_cuda_ptx.py \
   tests/test_cuda_dispatch.py -k "not simulator" 2>&1 | tee "$LOGS/suite.txt" | tail -15 || status=1
 
 step "numbabn check"

@@ -81,7 +81,8 @@ def test_row_stack_alias_restored_before_numba_cuda_loads():
 def test_cuda_suite_under_simulator():
     """The CUDA suite (tests/cuda_sim) in its own process under the CUDA simulator."""
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/cuda_sim"],
+        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
+         "tests/cuda_sim"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
         env=dict(os.environ, NUMBA_ENABLE_CUDASIM="1"),
     )
