@@ -13,10 +13,13 @@ import numpy as np
 import numbabn as nbn
 
 FULL = os.environ.get("NUMBABN_BENCH_FULL", "") not in ("", "0")
+SMOKE = os.environ.get("NUMBABN_BENCH_SMOKE", "") not in ("", "0")  # CI: one shape
 
 if FULL:
     SHAPES = ["32x64x56x56", "64x256x14x14", "8x32x128x128", "4x512x7x7", "256x1024",
               "16384x512", "64x64x112x112"]
+elif SMOKE:
+    SHAPES = ["16x64x14x14"]
 else:
     SHAPES = ["16x32x28x28", "16x64x14x14", "256x1024"]
 OPS = ["relu", "res_relu", "infer_res_relu", "bwd_relu"]

@@ -11,9 +11,12 @@ workload.
 import os
 
 FULL = os.environ.get("NUMBABN_BENCH_FULL", "") not in ("", "0")
+SMOKE = os.environ.get("NUMBABN_BENCH_SMOKE", "") not in ("", "0")  # CI: one shape
 
 if FULL:
     WORKLOADS = ["mlp-512x256", "mlp-64x128", "conv-16x64x28x28", "digits-demo"]
+elif SMOKE:
+    WORKLOADS = ["mlp-64x128"]
 else:
     WORKLOADS = ["mlp-512x256", "mlp-64x128", "digits-demo"]
 

@@ -11,10 +11,14 @@ import numpy as np
 import numbabn as nbn
 
 FULL = os.environ.get("NUMBABN_BENCH_FULL", "") not in ("", "0")
+SMOKE = os.environ.get("NUMBABN_BENCH_SMOKE", "") not in ("", "0")  # CI: one shape
 
 if FULL:
     SHAPES = ["8192x768", "64x197x768", "4096x4096"]
     DTYPES = ["float32", "float64"]
+elif SMOKE:
+    SHAPES = ["16x197x256"]
+    DTYPES = ["float32"]
 else:
     SHAPES = ["512x768", "16x197x256"]
     DTYPES = ["float32"]
