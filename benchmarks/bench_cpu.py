@@ -7,14 +7,11 @@ the shapes of the performance issue (and float64).
 
 Only the public API is used, so the suite also measures older commits.
 """
-import os
-
 import numpy as np
 
 import numbabn as nbn
 
-FULL = os.environ.get("NUMBABN_BENCH_FULL", "") not in ("", "0")
-SMOKE = os.environ.get("NUMBABN_BENCH_SMOKE", "") not in ("", "0")  # CI: one shape
+from ._env import FULL, SMOKE
 
 if FULL:
     SHAPES = ["32x64x56x56", "64x256x14x14", "8x32x128x128", "4x512x7x7", "256x1024",

@@ -3,16 +3,16 @@
 Numba device arrays, float32, CUDA synchronized inside each timed call.
 The default shapes are short; ``NUMBABN_BENCH_FULL=1`` runs all of issue 3's.
 """
-import os
-
 import numpy as np
 
 import numbabn as nbn
 
+from ._env import FULL
+
 _SHORT = [(32, 64, 56, 56), (256, 1024)]
 _FULL = [(32, 64, 56, 56), (64, 256, 14, 14), (256, 1024), (8, 32, 128, 128), (4, 512, 7, 7),
          (64, 64, 112, 112), (128, 256, 28, 28), (16384, 512)]
-SHAPES = _FULL if os.environ.get("NUMBABN_BENCH_FULL") else _SHORT
+SHAPES = _FULL if FULL else _SHORT
 
 
 def _gpu():

@@ -6,14 +6,11 @@ the fusion's gain as two series.  Default shapes are short (planes, blocks
 and rows layouts); ``NUMBABN_BENCH_FULL=1`` selects the performance issue's
 shapes.
 """
-import os
-
 import numpy as np
 
 import numbabn as nbn
 
-FULL = os.environ.get("NUMBABN_BENCH_FULL", "") not in ("", "0")
-SMOKE = os.environ.get("NUMBABN_BENCH_SMOKE", "") not in ("", "0")  # CI: one shape
+from ._env import FULL, SMOKE
 
 if FULL:
     SHAPES = ["32x64x56x56", "64x256x14x14", "8x32x128x128", "4x512x7x7", "256x1024",

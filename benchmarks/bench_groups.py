@@ -4,13 +4,11 @@ Parameterised over shape, layout and operation; short lists by default,
 ``NUMBABN_BENCH_FULL=1`` for the shapes of the engine issue.  The suite uses
 only the public API; commits before these functions existed skip it.
 """
-import os
-
 import numpy as np
 
 import numbabn as nbn
 
-FULL = os.environ.get("NUMBABN_BENCH_FULL", "") not in ("", "0")
+from ._env import FULL
 
 if FULL:
     SHAPES = ["32x256x28x28", "8x128x64x64", "16x64x128x128", "32x64x56x56"]

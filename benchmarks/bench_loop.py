@@ -8,10 +8,7 @@ regression.  The default parameters are the two small MLP workloads and the
 demo's step; ``NUMBABN_BENCH_FULL=1`` adds the 512-row MLP and the conv-like
 workload.
 """
-import os
-
-FULL = os.environ.get("NUMBABN_BENCH_FULL", "") not in ("", "0")
-SMOKE = os.environ.get("NUMBABN_BENCH_SMOKE", "") not in ("", "0")  # CI: one shape
+from ._env import FULL, SMOKE
 
 if FULL:
     WORKLOADS = ["mlp-512x256", "mlp-64x128", "conv-16x64x28x28", "digits-demo"]

@@ -4,14 +4,11 @@ Short parameter lists by default (``asv run --quick`` stays short);
 ``NUMBABN_BENCH_FULL=1`` selects the shapes of the layer norm issue and
 float64.  Only the public API is used.
 """
-import os
-
 import numpy as np
 
 import numbabn as nbn
 
-FULL = os.environ.get("NUMBABN_BENCH_FULL", "") not in ("", "0")
-SMOKE = os.environ.get("NUMBABN_BENCH_SMOKE", "") not in ("", "0")  # CI: one shape
+from ._env import FULL, SMOKE
 
 if FULL:
     SHAPES = ["8192x768", "64x197x768", "4096x4096"]

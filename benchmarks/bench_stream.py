@@ -13,7 +13,8 @@ import numpy as np
 
 import numbabn as nbn
 
-FULL = os.environ.get("NUMBABN_BENCH_FULL", "") not in ("", "0")
+from ._env import FULL
+
 #: Rows of (16, 64, 64) float32 (256 KiB each): 16 MiB by default, 1 GiB in the full suite.
 ROWS = 4096 if FULL else 64
 SAMPLE = (16, 64, 64)
