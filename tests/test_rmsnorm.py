@@ -24,8 +24,9 @@ def test_forward_and_backward_match_reference(rng, shape, k, dtype):
     dx_ref, dw_ref = ref.rms_norm_backward(dy, x, invrms, k, w)
     assert dx.dtype == dtype and dw.shape == nshape
     np.testing.assert_allclose(dx, dx_ref, rtol=tol, atol=tol)
-    gtol = max(tol, 1e-5) * max(1, x.size // max(w.size, 1)) ** 0.5
-    np.testing.assert_allclose(dw, dw_ref, rtol=gtol, atol=gtol)
+    # A column sums R = x.size / w.size rows: rounding errors grow like sqrt(R) in absolute terms.
+    gtol = tol * max(1, x.size // max(w.size, 1)) ** 0.5
+    np.testing.assert_allclose(dw, dw_ref, rtol=tol, atol=gtol)
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
@@ -36,7 +37,10 @@ def test_default_eps_is_the_dtype_epsilon(dtype):
     eps = np.finfo(dtype).eps
     y_ref, _ = ref.rms_norm(x, 1, None, eps)
     np.testing.assert_allclose(y, y_ref, rtol=tolerance(dtype))
-    assert nbn.RMSNorm(3).eps is None
+    # The layer's eps=None is the same default: at x ~ 1e-4, eps = 1e-6 would change y.
+    layer = nbn.RMSNorm(3, elementwise_affine=False, dtype=dtype)
+    assert layer.eps is None
+    np.testing.assert_array_equal(layer(x), y)
 
 
 def test_large_offset(rng):
@@ -47,7 +51,7 @@ def test_large_offset(rng):
     dx, dw = nbn.rms_norm_backward(dy, x, invrms, nshape, w)
     dx_ref, dw_ref = ref.rms_norm_backward(dy, x, invrms, 1, w)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-5, atol=1e-5 * 64 ** 0.5)
 
 
 def test_finite_differences():
@@ -87,8 +91,8 @@ def test_hypothesis(lead, tail, dtype, offset, affine, seed):
     dx, dw = nbn.rms_norm_backward(dy, x, invrms, nshape, w)
     dx_ref, dw_ref = ref.rms_norm_backward(dy, x, invrms, k, w)
     np.testing.assert_allclose(dx, dx_ref, rtol=tol, atol=tol)
-    gtol = 10 * tol * max(1, int(np.prod(lead)))
-    np.testing.assert_allclose(dw, dw_ref, rtol=gtol, atol=gtol)
+    gtol = tol * max(1, int(np.prod(lead))) ** 0.5
+    np.testing.assert_allclose(dw, dw_ref, rtol=tol, atol=gtol)
 
 
 def test_out_in_place_and_non_contiguous(rng):
