@@ -54,6 +54,34 @@ def _check_row(row, rtol, shift):
     assert tv[0] == row.dtype.type(mean) and tv[1] == row.dtype.type(mean - float(tv[0]))
 
 
+def _one_pass(x2, c):
+    """``(mean, M2, kept)`` of row 0 summed once about ``c`` rounded to the row's dtype."""
+    c = x2.dtype.type(c)
+    s1, s2 = rows._shifted_sums(x2, 0, c, np.empty(rows.LANES), np.empty(rows.LANES))
+    return rows.shifted_moments(c, s1, s2, x2.shape[1])
+
+
+def _two_passes(x2):
+    acc = np.empty(rows.LANES)
+    mean = rows._row_sum(x2, 0, acc) / x2.shape[1]
+    hi = x2.dtype.type(mean)
+    return mean, rows.centred_square_sum(x2, 0, hi, x2.dtype.type(mean - float(hi)), acc)
+
+
+def _check_path(x2, shift, expected):
+    """The bits of the path the module docstring names: ``"spread"`` (the first pass about
+    the given shift missed, the second about spread values is kept) or ``"two passes"``."""
+    first = _one_pass(x2, SHIFTS[shift](x2, 0))
+    assert not first[2]  # the given shift misses
+    retry = _one_pass(x2, rows.spread_shift(x2, 0))
+    if expected == "spread":
+        assert retry[2]
+        assert _moments(x2, 0, shift)[:2] == retry[:2]
+    else:
+        assert not retry[2]
+        assert _moments(x2, 0, shift)[:2] == _two_passes(x2)
+
+
 def _sample_positions(D, shift):
     n = min(D, rows.SHIFT_SAMPLES)
     return np.arange(n) * (D // n if shift == "spread" else 1)
@@ -76,6 +104,7 @@ def test_one_pass_rows(rng, dtype, rtol, D, offset, shift):
 def test_rows_whose_sample_misses_the_mean_take_two_passes(rng, dtype, rtol, D, shift):
     # The sampled positions hold 1e4, the others 0: the shift is 1e4, the mean far below
     # it, the one-pass subtraction would cancel; the second pass keeps full precision.
+    # (A head shift's miss is caught by the spread retry first.)
     row = np.zeros(D, dtype)
     row[_sample_positions(D, shift)] = 1e4
     row += rng.standard_normal(D).astype(dtype) * dtype(1e-2)
@@ -85,6 +114,8 @@ def test_rows_whose_sample_misses_the_mean_take_two_passes(rng, dtype, rtol, D, 
     s2 = float(np.sum((row.astype(np.float64) - c) ** 2))
     assert s1 * s1 > rows.ACCEPT_CANCELLATION * D * s2  # this row does take the fallback
     _check_row(x2[0], rtol, shift)
+    # A head that misses is retried about spread values, which hold the mean here.
+    _check_path(x2, shift, "two passes" if shift == "spread" else "spread")
 
 
 def _misses(row, positions):
@@ -105,6 +136,7 @@ def test_rows_whose_head_misses_are_summed_again_about_spread_values(rng, dtype,
     assert _misses(row, _sample_positions(D, "head"))
     assert not _misses(row, _sample_positions(D, "spread"))
     _check_row(row, rtol, "head")
+    _check_path(row[None, :], "head", "spread")
 
 
 @settings(max_examples=60, deadline=None)
