@@ -39,7 +39,7 @@ def test_group_norm_on_torch_samples(rng, shape, groups, eps, with_weight, with_
     yt = torch.nn.functional.group_norm(xt, groups, wt, bt, eps)
     y, mean, invstd = nbn.group_norm_forward(x, groups, w, b, eps=eps)
     np.testing.assert_allclose(y, _np(yt), rtol=1e-10, atol=1e-10)
-    if x.size == 0 or (w is None and b is not None):
+    if w is None and b is not None:
         return  # PyTorch 2.13's backward fails there ("tensor does not have a device")
     dy = _make(rng, shape)
     yt.backward(torch.tensor(dy))
@@ -109,12 +109,13 @@ def test_group_norm_layer_matches_torch_over_steps(rng, axis, dtype):
     (nbn.InstanceNorm2d, torch.nn.InstanceNorm2d, (3, 5, 6)),
     (nbn.InstanceNorm3d, torch.nn.InstanceNorm3d, (2, 3, 4, 3, 2)),
 ])
-@pytest.mark.parametrize("affine, track", [(False, False), (True, True), (True, False)])
+@pytest.mark.parametrize("affine, track, momentum", [
+    (False, False, 0.2), (True, True, 0.2), (True, False, 0.2), (False, True, None)])
 def test_instance_norm_layers_match_torch_over_steps_and_eval(rng, ours_cls, torch_cls, shape,
-                                                              affine, track):
-    ours = ours_cls(3, affine=affine, track_running_stats=track, momentum=0.2,
+                                                              affine, track, momentum):
+    ours = ours_cls(3, affine=affine, track_running_stats=track, momentum=momentum,
                     dtype=np.float64)
-    theirs = torch_cls(3, affine=affine, track_running_stats=track, momentum=0.2,
+    theirs = torch_cls(3, affine=affine, track_running_stats=track, momentum=momentum,
                        dtype=torch.float64)
     if affine:
         theirs.weight.data = torch.tensor(rng.standard_normal(3))
@@ -132,6 +133,8 @@ def test_instance_norm_layers_match_torch_over_steps_and_eval(rng, ours_cls, tor
         np.testing.assert_allclose(ours.backward(dy), _np(xt.grad), rtol=1e-9, atol=1e-9)
         if affine:
             np.testing.assert_allclose(ours.grad_weight, _np(theirs.weight.grad), rtol=1e-9,
+                                       atol=1e-9)
+            np.testing.assert_allclose(ours.grad_bias, _np(theirs.bias.grad), rtol=1e-9,
                                        atol=1e-9)
             theirs.zero_grad()
         for key, value in theirs.state_dict().items():
@@ -151,6 +154,26 @@ def test_state_keys_match_torch(make):
     ours.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})
 
 
+@pytest.mark.parametrize("make", [
+    lambda m, dtype: m.GroupNorm(2, 4, bias=False, dtype=dtype),
+    lambda m, dtype: m.InstanceNorm1d(4, affine=True, bias=False, dtype=dtype),
+    lambda m, dtype: m.BatchNorm1d(4, bias=False, dtype=dtype),
+])
+def test_layers_without_bias_match_torch(rng, make):
+    ours, theirs = make(nbn, np.float64), make(torch.nn, torch.float64)
+    theirs.weight.data = torch.tensor(rng.standard_normal(4))
+    ours.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})
+    x = 2 + rng.standard_normal((3, 4, 6))
+    xt = torch.tensor(x, requires_grad=True)
+    yt = theirs(xt)
+    np.testing.assert_allclose(ours(x), _np(yt), rtol=1e-10, atol=1e-10)
+    dy = rng.standard_normal(x.shape)
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_allclose(ours.backward(dy), _np(xt.grad), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(ours.grad_weight, _np(theirs.weight.grad), rtol=1e-9, atol=1e-9)
+    assert ours.grad_bias is None and theirs.bias is None
+
+
 def test_empty_batch_in_training_matches_torch():
     for make in (lambda m: m.BatchNorm1d(3), lambda m: m.InstanceNorm1d(3),
                  lambda m: m.GroupNorm(3, 3)):
@@ -163,6 +186,23 @@ def test_empty_batch_in_training_matches_torch():
             np.testing.assert_array_equal(ours.state_dict()[key], value.numpy())
     rm, rv = np.zeros(3), np.ones(3)
     assert nbn.batch_norm(np.zeros((0, 3)), rm, rv, training=True).shape == (0, 3)
+    np.testing.assert_array_equal(rm, 0)
+    np.testing.assert_array_equal(rv, 1)
+
+
+def test_empty_batch_leaves_instance_norm_buffers_where_pytorch_makes_them_nan():
+    """The one documented difference: PyTorch 2.13 averages zero instances' statistics into
+    the running buffers (NaN; with affine=True its layer raises IndexError); numbabn keeps
+    them, as PyTorch does for batch norm."""
+    ours = nbn.InstanceNorm1d(3, track_running_stats=True, dtype=np.float64)
+    theirs = torch.nn.InstanceNorm1d(3, track_running_stats=True, dtype=torch.float64)
+    x = np.zeros((0, 3, 4))
+    assert ours(x).shape == tuple(theirs(torch.tensor(x)).shape) == x.shape
+    assert np.isnan(theirs.running_mean.numpy()).all()
+    np.testing.assert_array_equal(ours.running_mean, 0)
+    np.testing.assert_array_equal(ours.running_var, 1)
+    rm, rv = np.zeros(3), np.ones(3)
+    assert nbn.instance_norm(x, rm, rv).shape == x.shape
     np.testing.assert_array_equal(rm, 0)
     np.testing.assert_array_equal(rv, 1)
 
