@@ -231,6 +231,26 @@ def test_float16_is_computed_in_float32(rng, shape, axis, offset):
 
 
 @pytest.mark.parametrize("axis", [1, -1])
+def test_float16_backward_and_instance_norm_are_computed_in_float32(rng, axis):
+    """4096 values a group about 100: float16 sums would be off by far more than an ulp."""
+    shape = (2, 8, 32, 32) if axis == 1 else (2, 32, 32, 8)
+    x = _data(rng, shape, np.float16, 100.0)
+    dy = _data(rng, shape, np.float16)
+    w = rng.uniform(0.5, 1.5, 8).astype(np.float16)
+    y, mean, invstd = nbn.group_norm_forward(x, 2, w, axis=axis)
+    dx, dw, db = nbn.group_norm_backward(dy, x, mean, invstd, 2, w, axis=axis)
+    dx_ref, dw_ref, db_ref = group_backward(dy, x, 2, w, axis=axis)
+    # dx's terms cancel: its error is relative to their scale (one float16 ulp of it).
+    scale = np.abs(dx_ref).max()
+    np.testing.assert_allclose(dx, dx_ref, rtol=2 ** -10, atol=2 ** -10 * scale)
+    np.testing.assert_array_max_ulp(dw, dw_ref.astype(np.float16), 1)
+    np.testing.assert_array_max_ulp(db, db_ref.astype(np.float16), 1)
+    y_in = nbn.instance_norm(x, weight=w, axis=axis)
+    np.testing.assert_array_max_ulp(y_in, group_forward(x, 8, w, axis=axis)[0].astype(np.float16),
+                                    1)
+
+
+@pytest.mark.parametrize("axis", [1, -1])
 def test_out_in_place_and_non_contiguous(rng, axis):
     base = _data(rng, (4, 6, 5, 8), np.float64)
     x = base[:, :, :, ::2] if axis == 1 else base[:, ::2]
