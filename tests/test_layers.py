@@ -171,7 +171,7 @@ def test_rank_checks_use_pytorch_messages(cls, ndim, message):
 def test_bad_input_changes_nothing(rng):
     bn = nbn.BatchNorm2d(3)
     bn(rng.standard_normal((2, 3, 2, 2)).astype(np.float32))
-    state = bn.state_dict()
+    state = {key: value.copy() for key, value in bn.state_dict().items()}  # not views
     with pytest.raises(ValueError, match="expected 3 channels"):
         bn(np.ones((2, 4, 2, 2), np.float32))
     with pytest.raises(ValueError, match="more than 1 value per channel"):
@@ -197,17 +197,17 @@ def test_backward_needs_a_forward_of_the_same_shape(rng):
         bn.backward(np.ones((4, 3), np.float32))
 
 
-@pytest.mark.parametrize("kwargs, error", [
-    (dict(num_features=0), ValueError),
-    (dict(num_features=2.0), TypeError),
-    (dict(num_features=True), TypeError),
-    (dict(num_features=2, eps="1e-5"), TypeError),
-    (dict(num_features=2, momentum="0.1"), TypeError),
-    (dict(num_features=2, dtype=np.int32), TypeError),
-    (dict(num_features=2, axis=1.0), TypeError),
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(num_features=0), ValueError, "num_features must be at least 1"),
+    (dict(num_features=2.0), TypeError, "num_features must be an integer"),
+    (dict(num_features=True), TypeError, "num_features must be an integer"),
+    (dict(num_features=2, eps="1e-5"), TypeError, "eps must be a real number"),
+    (dict(num_features=2, momentum="0.1"), TypeError, "momentum must be a real number"),
+    (dict(num_features=2, dtype=np.int32), TypeError, "dtype must have a floating dtype"),
+    (dict(num_features=2, axis=1.0), TypeError, "axis must be an integer"),
 ])
-def test_constructor_checks(kwargs, error):
-    with pytest.raises(error):
+def test_constructor_checks(kwargs, error, message):
+    with pytest.raises(error, match=message):  # the check's own error, not a later accident
         nbn.BatchNorm(**kwargs)
 
 
@@ -282,6 +282,8 @@ def test_state_dict_round_trip(rng):
     assert state["num_batches_tracked"].dtype == np.int64 and state["num_batches_tracked"] == 3
     state["weight"][0] = 99.0  # a copy: the layer does not change
     assert bn.weight[0] != 99.0
+    for key, value in bn.state_dict().items():  # every entry, buffers too
+        assert not np.shares_memory(value, getattr(bn, key)), key
 
     other = nbn.BatchNorm2d(3, momentum=None)
     weight_before = other.weight
@@ -293,6 +295,10 @@ def test_state_dict_round_trip(rng):
     np.testing.assert_array_equal(other.eval()(x), bn.eval()(x))
     other.train()(x)
     assert other.num_batches_tracked == 4  # the cumulative average goes on from the count
+    bn.momentum = None
+    bn.train()(x)  # the same step on the layer that counted the batches itself
+    np.testing.assert_array_equal(other.running_mean, bn.running_mean)
+    np.testing.assert_array_equal(other.running_var, bn.running_var)
 
 
 def test_float32_state_loads_into_a_float64_layer():
@@ -333,7 +339,7 @@ def test_refused_state_changes_nothing(rng, case):
     _, state, error, message = case
     bn = nbn.BatchNorm1d(3)
     bn(rng.standard_normal((4, 3)).astype(np.float32))
-    before = bn.state_dict()
+    before = {key: value.copy() for key, value in bn.state_dict().items()}  # not views
     # the valid entries come first, so a partial write would show
     with pytest.raises(error, match=message):
         bn.load_state_dict(state)

@@ -95,6 +95,13 @@ def test_torch_state_dict_loads_as_it_is_and_back(rng):
     back.load_state_dict({key: torch.from_numpy(value) for key, value in bn.state_dict().items()})
     for key, value in tbn.state_dict().items():
         assert torch.equal(back.state_dict()[key], value)
+    # Training goes on with the cumulative average from the loaded count (1/4 next).
+    x = (1 + rng.standard_normal((2, 3, 4, 4))).astype(np.float32)
+    bn.train()(x)
+    tbn.train()(torch.tensor(x))
+    close(bn.running_mean, tbn.running_mean, np.float32)
+    close(bn.running_var, tbn.running_var, np.float32)
+    assert bn.num_batches_tracked == tbn.num_batches_tracked == 4
 
 
 def test_state_keys_match_torch_for_every_configuration():

@@ -45,15 +45,26 @@ def test_dict_round_trip_keeps_any_key_and_path_as_given(tmp_path):
     assert_same_state(nbn.load(path), state)
 
 
-@pytest.mark.parametrize("state, error", [
-    ({"w": np.array(["a"])}, TypeError),
-    ({"w": np.array([object()])}, TypeError),
-    ({1: np.zeros(2)}, TypeError),
-    ({_state_io.FORMAT_KEY: np.zeros(2)}, ValueError),
-    ([np.zeros(2)], TypeError),
+def test_the_temporary_file_is_written_beside_the_target(tmp_path, monkeypatch):
+    """Beside it, so that the final rename stays on one file system (an atomic replace)."""
+    renamed = []
+    replace = _state_io.os.replace
+    monkeypatch.setattr(_state_io.os, "replace",
+                        lambda src, dst: (renamed.append((src, dst)), replace(src, dst))[1])
+    nbn.save(tmp_path / "bn.npz", nbn.BatchNorm1d(3))
+    [(src, dst)] = renamed
+    assert os.path.dirname(src) == os.path.dirname(dst) == str(tmp_path)
+
+
+@pytest.mark.parametrize("state, error, message", [
+    ({"w": np.array(["a"])}, TypeError, "must be a numeric array"),
+    ({"w": np.array([object()])}, TypeError, "must be a numeric array"),
+    ({1: np.zeros(2)}, TypeError, "keys must be strings"),
+    ({_state_io.FORMAT_KEY: np.zeros(2)}, ValueError, "is reserved"),
+    ([np.zeros(2)], TypeError, "expected a layer or a mapping of arrays"),
 ])
-def test_save_refuses_what_it_cannot_round_trip(tmp_path, state, error):
-    with pytest.raises(error):
+def test_save_refuses_what_it_cannot_round_trip(tmp_path, state, error, message):
+    with pytest.raises(error, match=message):  # refused up front, not by a later accident
         nbn.save(tmp_path / "x.npz", state)
     assert os.listdir(tmp_path) == []
 
