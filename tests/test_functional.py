@@ -233,10 +233,17 @@ class TestChannelMoments:
         mean_ref, var_ref = ref.moments(x)
         np.testing.assert_allclose(var, var_ref, rtol=1e-6)
         np.testing.assert_allclose(mean, mean_ref, rtol=1e-7)
-        # the naive formula in float64 accumulation is visibly worse here in float32
-        x64 = x.astype(np.float32)
-        naive = (x64 * x64).mean(axis=(0, 2)) - x64.mean(axis=(0, 2)) ** 2
-        assert np.abs(naive / var_ref - 1).max() > 1e-6
+
+    def test_float64_offset_where_the_naive_formula_fails(self, rng):
+        """1e8 + N(0, 1) in float64: E[x^2] - E[x]^2 loses every digit (x^2 ~ 1e16 has an
+        ulp of 2); the shifted, merged sums keep the variance to about 1e-8."""
+        x = 1e8 + rng.standard_normal((4000, 2))
+        mean, var = nbn.channel_moments(x)
+        mean_ref, var_ref = ref.moments(x)
+        naive = (x * x).mean(axis=0) - x.mean(axis=0) ** 2
+        assert np.abs(naive / var_ref - 1).max() > 1e-2  # the formula this test rules out
+        np.testing.assert_allclose(var, var_ref, rtol=1e-8)
+        np.testing.assert_allclose(mean, mean_ref, rtol=1e-14)  # both summed in float64
 
     # channels-last and 2-D (rows layout); 7 x 7 and 250-element planes (blocks layout,
     # the second with 16 groups of rows merged per channel)
@@ -297,3 +304,51 @@ def test_forward_with_running_buffers_matches_batch_norm(rng):
     np.testing.assert_array_equal(rm1, rm2)
     np.testing.assert_array_equal(rv1, rv2)
     assert not (rm2 == 0).all()
+
+
+def _assert_within_ulp(got, want, dtype):
+    """|got - want| <= one ulp of ``want`` rounded to ``dtype``: a correctly rounded result
+    (half an ulp) passes, arithmetic in ``dtype`` itself does not."""
+    ulp = np.spacing(np.abs(want).astype(dtype)).astype(np.float64)
+    err = np.abs(np.asarray(got, np.float64) - want)
+    assert (err <= ulp).all(), f"{np.max(err / ulp):.3g} ulp"
+
+
+def test_float16_train_infer_and_backward_within_an_ulp(rng):
+    """float16 is computed in float32 and rounded once (float16 arithmetic measured up to
+    274 ulp on y)."""
+    x = (rng.standard_normal((16, 4, 9, 9)) * 2 + 0.5).astype(np.float16)
+    w, b = rng.standard_normal(4).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    y, mean, invstd = nbn.batch_norm_forward(x, w, b)
+    _assert_within_ulp(y, ref.forward_train(x, w, b)[0], np.float16)
+    rm, rv = rng.standard_normal(4).astype(np.float32), rng.uniform(0.5, 2, 4).astype(np.float32)
+    _assert_within_ulp(nbn.batch_norm(x, rm, rv, w, b), ref.forward_infer(x, rm, rv, w, b),
+                       np.float16)
+    dy = rng.standard_normal(x.shape).astype(np.float16)
+    for training in (True, False):
+        dx = nbn.batch_norm_backward(dy, x, mean, invstd, w, training=training)[0]
+        _assert_within_ulp(dx, ref.backward(dy, x, mean, invstd, w, training=training)[0],
+                           np.float16)
+
+
+@pytest.mark.parametrize("shape, axis", [((4096, 8), 1), ((16, 8, 8, 8), -1), ((64, 8, 3), 1),
+                                         ((8, 6, 40, 40), 1)])
+def test_large_offset_outputs_and_gradients_in_every_layout(rng, shape, axis):
+    """float32 1e4 + N(0, 1): y, sigma^-1 and dx to an ulp of their scale, in the rows,
+    channels-last, planes and blocks layouts; dweight/dbias within eps of their sums of |terms|."""
+    eps = np.finfo(np.float32).eps
+    x = (1e4 + rng.standard_normal(shape)).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    c = shape[axis]
+    w, b = np.linspace(0.5, 2, c).astype(np.float32), np.linspace(-1, 1, c).astype(np.float32)
+    y, mean, invstd = nbn.batch_norm_forward(x, w, b, axis=axis)
+    y_ref, _, invstd_ref, _ = ref.forward_train(x, w, b, axis=axis)
+    np.testing.assert_allclose(y, y_ref, rtol=eps, atol=eps * np.abs(y_ref).max())
+    np.testing.assert_allclose(invstd, invstd_ref, rtol=eps)
+    dx, dw, db = nbn.batch_norm_backward(dy, x, mean, invstd, w, axis=axis)
+    dx_ref, dw_ref, db_ref = ref.backward(dy, x, mean, invstd, w, axis=axis)
+    np.testing.assert_allclose(dx, dx_ref, rtol=eps, atol=eps * np.abs(dx_ref).max())
+    axes = ref.reduce_axes(x.ndim, axis)
+    xhat = np.abs(ref.affine(x, mean.astype(float), invstd.astype(float), None, None, axis))
+    assert (np.abs(dw - dw_ref) <= eps * (np.abs(dy) * xhat).sum(axes)).all()
+    assert (np.abs(db - db_ref) <= eps * np.abs(dy).sum(axes)).all()

@@ -51,16 +51,13 @@ def _forward_ops(shape, axis, rng):
         "batch_norm eval": lambda x, out: nbn.batch_norm(x, rm, rv, w, b, axis=axis, out=out),
         "batch_norm relu": lambda x, out: nbn.batch_norm(x, None, None, w, b, True, axis=axis,
                                                          activation="relu", out=out),
-        "instance_norm": lambda x, out: (nbn.instance_norm(x, axis=axis, out=out)
-                                         if x.ndim > 2 else None),
+        "instance_norm": lambda x, out: nbn.instance_norm(x, axis=axis, out=out),
         "group_norm": lambda x, out: nbn.group_norm(x, 2, axis=axis, out=out),
     }
 
 
 def _check_forward(f, x, handed_none):
     expected = f(x, np.empty_like(x))
-    if expected is None:
-        return
     assert not any(handed_none)
     xc = x.copy()
     handed_none.clear()
@@ -73,6 +70,8 @@ def _check_forward(f, x, handed_none):
 @pytest.mark.parametrize("op", ["batch_norm train", "batch_norm eval", "batch_norm relu",
                                 "instance_norm", "group_norm"])
 def test_forward_in_place(rng, handed_none, shape, axis, op):
+    if op == "instance_norm" and len(shape) < 3:
+        pytest.skip("instance norm needs a spatial axis")
     x = _data(rng, shape)
     _check_forward(_forward_ops(shape, axis, rng)[op], x, handed_none)
 

@@ -125,6 +125,19 @@ def test_one_value_per_channel_when_training(buffers, shape, axis):
                              x=x, axis=axis, out=None)
 
 
+@pytest.mark.parametrize("shape, axis", [((1, 3), 1), ((1, 1, 1, 3), -1)])
+def test_one_value_per_channel_in_batch_norm_forward_changes_nothing(buffers, shape, axis):
+    x = np.ones(shape, np.float32)
+    rm, rv = buffers["running_mean"], buffers["running_var"]
+    out = np.full_like(x, 123.0)
+    before = rm.copy(), rv.copy()
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        nbn.batch_norm_forward(x, axis=axis, out=out, running_mean=rm, running_var=rv)
+    np.testing.assert_array_equal(rm, before[0])
+    np.testing.assert_array_equal(rv, before[1])
+    np.testing.assert_array_equal(out, 123.0)
+
+
 def test_one_value_per_channel_is_fine_in_inference(buffers):
     y = nbn.batch_norm(np.ones((1, 3), np.float32), buffers["running_mean"],
                        buffers["running_var"])
