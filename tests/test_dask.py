@@ -100,7 +100,8 @@ def test_big_endian_chunks(rng):
         da.from_array(x, chunks=(7, 3, 6))))[1])
     y = nbd.batch_norm(d, None, None).compute()
     assert y.dtype == np.float32 and y.dtype.isnative
-    np.testing.assert_allclose(y, nbn.batch_norm_forward(x)[0], atol=1e-5)
+    native = nbd.batch_norm(da.from_array(x, chunks=(7, 3, 6)), None, None).compute()
+    np.testing.assert_array_equal(y, native)  # the native result, bit for bit
 
 
 @pytest.mark.parametrize("chunks", [(7, 4, 3, 5), (50, 6, 7, 5), (3, 1, 7, 2)])
@@ -153,6 +154,52 @@ def test_numpy_input_is_accepted(rng):
     x = offset_data(rng, (20, 3))
     mean, var = dask.compute(*nbd.channel_moments(x))
     np.testing.assert_allclose(var, nbn.channel_moments(x)[1], rtol=RTOL)
+
+
+def test_numbabn_tasks_run_on_one_numba_thread(monkeypatch):
+    """numbabn's own tasks (the chunk reductions and the normalize blocks), on the threaded
+    scheduler: each runs its kernels on one Numba thread."""
+    import numba
+
+    if numba.get_num_threads() < 2:
+        pytest.skip("needs two Numba threads")
+    seen = []
+
+    def spy(real):
+        return lambda *a, **k: seen.append(numba.get_num_threads()) or real(*a, **k)
+
+    monkeypatch.setattr(nbd, "batch_moments", spy(nbd.batch_moments))
+    monkeypatch.setattr(nbd, "_batch_norm", spy(nbd._batch_norm))
+    x = 1e4 + np.random.default_rng(0).standard_normal((20, 3, 4))
+    before = numba.get_num_threads()
+    dask.compute(nbd.batch_norm(da.from_array(x, chunks=(5, 2, 4)), None, None),
+                 scheduler="threads")
+    assert len(seen) == 16 and set(seen) == {1}, seen
+    assert numba.get_num_threads() == before
+
+
+def test_memory_mapped_chunks_release_their_pages(tmp_path, monkeypatch):
+    """Chunks cut from a memory-mapped file hand their pages back after their slabs, as
+    ChannelMoments.update does."""
+    from numbabn import _accumulate
+
+    x = np.random.default_rng(0).standard_normal((16, 3, 512)).astype(np.float32)
+    x.tofile(tmp_path / "f")
+    mm = np.memmap(tmp_path / "f", dtype=np.float32, mode="r", shape=x.shape)
+    released = []
+    real = _accumulate._release_pages
+    monkeypatch.setattr(_accumulate, "_release_pages",
+                        lambda a, *rest: released.append(a.shape) or real(a, *rest))
+
+    def rows(block, block_info=None):
+        start, stop = block_info[None]["array-location"][0]
+        return mm[start:stop]
+
+    d = da.map_blocks(rows, da.empty(x.shape, chunks=(4, 3, 512), dtype=np.float32),
+                      dtype=np.float32)
+    mean, var = dask.compute(*nbd.channel_moments(d), scheduler="sync")
+    assert len(released) == 4
+    np.testing.assert_allclose(var, x.astype(np.float64).var(axis=(0, 2)), rtol=1e-6)
 
 
 def test_tasks_use_one_numba_thread_and_restore_it():

@@ -84,6 +84,24 @@ def test_policy_applies_a_short_spin_and_restores_the_environment():
     assert seen["env"] == NOTHING_SET  # the variables were there only while the runtime loaded
 
 
+def _spin_count_loaded(**env):
+    """GOMP_SPINCOUNT as libgomp reports it while loading (OMP_DISPLAY_ENV) in a new process
+    whose first numbabn call starts Numba's OpenMP layer."""
+    done = run_python(POLICY_PROBE, OMP_DISPLAY_ENV="VERBOSE", **env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    if seen["layer"] != "omp":
+        pytest.skip(f"Numba's threading layer here is {seen['layer']}, not libgomp's")
+    return [line.split("=", 1)[1].strip(" '") for line in done.stderr.splitlines()
+            if "GOMP_SPINCOUNT =" in line]
+
+
+def test_the_openmp_runtime_loads_with_the_short_spin():
+    """What the runtime took, not what numbabn says it did (an empty SHORT_WAIT passed)."""
+    assert _spin_count_loaded() == [_threads.SHORT_WAIT["GOMP_SPINCOUNT"]]
+    assert _spin_count_loaded(NUMBABN_THREAD_POLICY="off") == ["300000"]
+
+
 def test_policy_switch_turns_it_off():
     seen = probe(NUMBABN_THREAD_POLICY="off")
     assert seen["policy"].startswith("off") and seen["env"] == NOTHING_SET
@@ -142,6 +160,27 @@ def test_policy_leaves_blas_limits_alone():
         nbn.batch_norm_forward(np.ones((300, 256), np.float32))
         assert all(p["num_threads"] == 1 for p in threadpoolctl.threadpool_info()
                    if p["user_api"] == "blas")
+
+
+def test_first_call_leaves_every_blas_thread_count_alone():
+    """In a new process, so that this first call is the one that runs the policy (in this
+    one an earlier test has), with every BLAS the suite's packages bring loaded before it."""
+    pytest.importorskip("threadpoolctl")
+    pytest.importorskip("scipy.linalg")
+    code = textwrap.dedent("""
+        import json, numpy as np, scipy.linalg, threadpoolctl
+        import numbabn as nbn
+        def blas():
+            return {p["filepath"]: p["num_threads"] for p in threadpoolctl.threadpool_info()
+                    if p["user_api"] == "blas"}
+        before = blas()
+        nbn.batch_norm_forward(np.ones((300, 256), np.float32))
+        print(json.dumps([before, blas()]))
+    """)
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr[-3000:]
+    before, after = json.loads(done.stdout.strip().splitlines()[-1])
+    assert before and after == before
 
 
 def test_workqueue_runs_parallel_kernels_from_the_main_thread_only(monkeypatch):

@@ -49,3 +49,16 @@ def test_to_running_on_a_device_layer(rng):
     var = ((x - mean[:, None]) ** 2).sum(axis=(0, 2)) / (count - 1)
     np.testing.assert_allclose(host(layer.running_mean), mean, rtol=1e-12)
     np.testing.assert_allclose(host(layer.running_var), var, rtol=1e-10)
+
+
+def test_device_batches_are_reduced_on_the_device(rng, monkeypatch):
+    """A device batch never goes through the CPU backend (no copy to the host)."""
+    from numbabn.cpu import backend as cpu_backend
+
+    def on_host(*args, **kwargs):
+        raise AssertionError("a device batch was reduced by the CPU backend")
+
+    monkeypatch.setattr(cpu_backend, "stream_moments", on_host)
+    x = offset_data(rng, (6, 3, 4, 4))
+    acc = nbn.ChannelMoments().update(to_device(x)).update(channels_last(x))
+    assert acc.count == 2 * 6 * 16
