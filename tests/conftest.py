@@ -31,6 +31,15 @@ def tolerance(dtype):
     }[np.dtype(dtype)]
 
 
+def assert_within_ulp(got, want, dtype):
+    """|got - want| <= one ulp of ``want`` rounded to ``dtype``, with ``want`` the float64
+    reference: a correctly rounded result (half an ulp) passes, arithmetic in ``dtype``
+    itself does not."""
+    ulp = np.spacing(np.abs(want).astype(dtype)).astype(np.float64)
+    err = np.abs(np.asarray(got, np.float64) - want)
+    assert (err <= ulp).all(), f"{np.max(err / ulp):.3g} ulp"
+
+
 def pytest_ignore_collect(collection_path, config):
     """Leave the CUDA suite to its own process (tests/test_cuda_dispatch.py starts it)
     unless it is asked for by path: it needs NUMBA_ENABLE_CUDASIM set before numba loads."""

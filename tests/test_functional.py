@@ -4,7 +4,7 @@ import pytest
 
 import numbabn as nbn
 import reference as ref
-from conftest import tolerance
+from conftest import assert_within_ulp, tolerance
 
 SHAPES_AXES = [
     ((8, 3), 1),
@@ -306,28 +306,20 @@ def test_forward_with_running_buffers_matches_batch_norm(rng):
     assert not (rm2 == 0).all()
 
 
-def _assert_within_ulp(got, want, dtype):
-    """|got - want| <= one ulp of ``want`` rounded to ``dtype``: a correctly rounded result
-    (half an ulp) passes, arithmetic in ``dtype`` itself does not."""
-    ulp = np.spacing(np.abs(want).astype(dtype)).astype(np.float64)
-    err = np.abs(np.asarray(got, np.float64) - want)
-    assert (err <= ulp).all(), f"{np.max(err / ulp):.3g} ulp"
-
-
 def test_float16_train_infer_and_backward_within_an_ulp(rng):
     """float16 is computed in float32 and rounded once (float16 arithmetic measured up to
     274 ulp on y)."""
     x = (rng.standard_normal((16, 4, 9, 9)) * 2 + 0.5).astype(np.float16)
     w, b = rng.standard_normal(4).astype(np.float32), rng.standard_normal(4).astype(np.float32)
     y, mean, invstd = nbn.batch_norm_forward(x, w, b)
-    _assert_within_ulp(y, ref.forward_train(x, w, b)[0], np.float16)
+    assert_within_ulp(y, ref.forward_train(x, w, b)[0], np.float16)
     rm, rv = rng.standard_normal(4).astype(np.float32), rng.uniform(0.5, 2, 4).astype(np.float32)
-    _assert_within_ulp(nbn.batch_norm(x, rm, rv, w, b), ref.forward_infer(x, rm, rv, w, b),
+    assert_within_ulp(nbn.batch_norm(x, rm, rv, w, b), ref.forward_infer(x, rm, rv, w, b),
                        np.float16)
     dy = rng.standard_normal(x.shape).astype(np.float16)
     for training in (True, False):
         dx = nbn.batch_norm_backward(dy, x, mean, invstd, w, training=training)[0]
-        _assert_within_ulp(dx, ref.backward(dy, x, mean, invstd, w, training=training)[0],
+        assert_within_ulp(dx, ref.backward(dy, x, mean, invstd, w, training=training)[0],
                            np.float16)
 
 

@@ -69,10 +69,15 @@ def run_python(code, timeout=300, **env):
                           text=True, timeout=timeout)
 
 
-def probe(**env):
-    done = run_python(POLICY_PROBE, **env)
+def run_probe(code=POLICY_PROBE, **env):
+    """``(what the probe printed, its stderr)`` from ``code`` run in a new process."""
+    done = run_python(code, **env)
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+
+def probe(**env):
+    return run_probe(**env)[0]
 
 
 NOTHING_SET = {v: None for v in _threads.WAIT_VARIABLES}
@@ -87,12 +92,10 @@ def test_policy_applies_a_short_spin_and_restores_the_environment():
 def _spin_count_loaded(**env):
     """GOMP_SPINCOUNT as libgomp reports it while loading (OMP_DISPLAY_ENV) in a new process
     whose first numbabn call starts Numba's OpenMP layer."""
-    done = run_python(POLICY_PROBE, OMP_DISPLAY_ENV="VERBOSE", **env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    seen, stderr = run_probe(OMP_DISPLAY_ENV="VERBOSE", **env)
     if seen["layer"] != "omp":
         pytest.skip(f"Numba's threading layer here is {seen['layer']}, not libgomp's")
-    return [line.split("=", 1)[1].strip(" '") for line in done.stderr.splitlines()
+    return [line.split("=", 1)[1].strip(" '") for line in stderr.splitlines()
             if "GOMP_SPINCOUNT =" in line]
 
 
@@ -123,19 +126,13 @@ def test_policy_honours_threading_layer_and_thread_count():
 
 
 def test_policy_does_not_apply_when_numba_started_first():
-    code = "import numba; numba.set_num_threads(1)\n" + POLICY_PROBE
-    done = run_python(code)
-    assert done.returncode == 0, done.stderr[-3000:]
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    seen, _ = run_probe("import numba; numba.set_num_threads(1)\n" + POLICY_PROBE)
     assert seen["policy"].startswith("not applied") and seen["threads"] == 1
 
 
 def test_policy_not_applied_once_a_shared_openmp_runtime_is_loaded():
     pytest.importorskip("torch")  # its CPU build loads libgomp.so.1, the one Numba would use
-    code = "import torch\n" + POLICY_PROBE
-    done = run_python(code)
-    assert done.returncode == 0, done.stderr[-3000:]
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    seen, _ = run_probe("import torch\n" + POLICY_PROBE)
     assert seen["policy"].startswith("not applied: an OpenMP runtime was already loaded")
 
 
@@ -177,9 +174,7 @@ def test_first_call_leaves_every_blas_thread_count_alone():
         nbn.batch_norm_forward(np.ones((300, 256), np.float32))
         print(json.dumps([before, blas()]))
     """)
-    done = run_python(code)
-    assert done.returncode == 0, done.stderr[-3000:]
-    before, after = json.loads(done.stdout.strip().splitlines()[-1])
+    (before, after), _ = run_probe(code)
     assert before and after == before
 
 
